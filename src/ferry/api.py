@@ -1,0 +1,130 @@
+"""The Python API; mirrors the CLI one for one: `convert`, `inspect`, `verify`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import formats
+from .dtypes import dtype_from_name
+from .errors import FerryError
+from .executor import DEFAULT_MAX_MEMORY, check_output, execute
+from .formats.base import Model, ReadOptions, WriteOptions
+from .formats.hf import parse_size
+from .plan import Plan
+from .verify.compare import Report
+from .verify.run import verify_models
+
+
+def read(path: str | Path, *, vocab_size: int | None = None) -> Model:
+    """Read a checkpoint (format detected) into the canonical model. Use as a context manager.
+
+    Example:
+        >>> with ferry.read("llama-hf") as model:
+        ...     model.spec.num_layers
+    """
+    path = Path(path)
+    fmt = formats.detect(path)
+    return fmt.read(path, ReadOptions(vocab_size=vocab_size))
+
+
+def convert(
+    src: str | Path,
+    out: str | Path,
+    *,
+    to: str,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: str | torch.dtype | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    max_shard_size: str | int = "5GB",
+    parallel_embedding: bool = False,
+    vocab_size: int | None = None,
+    progress: bool = False,
+    threads: int = 4,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+) -> Plan:
+    """Convert the checkpoint at `src` to format `to` in directory `out`.
+
+    Args:
+        src: checkpoint directory (format and model family are detected).
+        out: output directory; it appears only when complete.
+        to: "hf" or "trtllm".
+        tp, pp: tensor / pipeline parallel sizes of the output (sharded formats).
+        dtype: output dtype ("float32", "float16", "bfloat16"); default: the source's.
+        dry_run: plan only; nothing is read beyond headers and nothing is written.
+        overwrite: replace `out` if it exists.
+        max_shard_size: largest HF shard ("5GB", "500MB", "2GiB" or bytes).
+        parallel_embedding: split the TensorRT-LLM vocab embedding over tp ranks.
+        vocab_size: true vocabulary when the source does not record it.
+        progress: show a progress bar (bytes).
+        threads, max_memory: read-ahead threads and the bytes they may hold.
+
+    Returns:
+        The executed (or, with dry_run, the planned) `Plan`.
+
+    Example:
+        >>> ferry.convert("llama-hf", "llama-trt", to="trtllm", tp=2)
+    """
+    src, out = Path(src), Path(out)
+    fmt = formats.get(to)
+    if not dry_run:
+        check_output(out, overwrite)
+        if out.resolve() == src.resolve() or src.resolve() in out.resolve().parents:
+            raise FerryError(f"{out}: the output must not be the source directory or inside it")
+    options = WriteOptions(
+        tp=tp,
+        pp=pp,
+        dtype=None if dtype is None else (dtype if isinstance(dtype, torch.dtype) else dtype_from_name(dtype, "--dtype")),
+        max_shard_size=parse_size(max_shard_size),
+        parallel_embedding=parallel_embedding,
+    )
+    with read(src, vocab_size=vocab_size) as model:
+        plan = fmt.plan(model, options)
+        if not dry_run:
+            execute(plan, out, overwrite=overwrite, progress=progress, threads=threads, max_memory=max_memory)
+    return plan
+
+
+def inspect(path: str | Path) -> dict:
+    """Format, family, spec, parallelism, tensor count and bytes of a checkpoint.
+
+    Example:
+        >>> ferry.inspect("llama-trt")["parallel"]
+        {'tp': 2, 'pp': 1}
+    """
+    with read(path) as model:
+        tensors = model.tensors
+        return {
+            "path": str(model.path),
+            "format": model.format,
+            "family": model.spec.family,
+            "parallel": model.parallel,
+            "dtype": model.spec.dtype,
+            "spec": {k: v for k, v in model.spec.to_dict().items() if k != "extra"},
+            "tensors": len(tensors),
+            "bytes": sum(t.nbytes for t in tensors.values()),
+            "parameters": sum(t.numel for t in tensors.values()),
+            "details": model.info,
+        }
+
+
+def verify(src: str | Path, out: str | Path, *, batch: int = 2, seq_len: int = 16, seed: int = 0,
+           atol: float | None = None, rtol: float | None = None) -> Report:
+    """Run both checkpoints through ferry's reference forward (per rank for TensorRT-LLM) on the
+    same random token ids and compare logits.
+
+    Returns:
+        A `Report` (max abs / rel difference, top-1 agreement, tolerance, passed).
+
+    Example:
+        >>> ferry.verify("llama-hf", "llama-trt").passed
+        True
+    """
+    with read(src) as a, read(out) as b:
+        return verify_models(a, b, batch=batch, seq_len=seq_len, seed=seed, atol=atol, rtol=rtol)
+
+
+__all__ = ["convert", "inspect", "verify", "read"]

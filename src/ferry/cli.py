@@ -1,0 +1,120 @@
+"""Command line: `ferry convert | inspect | verify | demo`. Exit codes: 0 ok, 2 bad input or
+usage (one line on stderr, no traceback), 1 internal error (or, for verify, a mismatch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+
+from . import api, formats
+from .errors import FerryError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise FerryError(f"{message} (see '{self.prog} --help')")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ferry", description="Convert LLM checkpoints between Megatron-core, Hugging Face and TensorRT-LLM.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("convert", help="convert a checkpoint to another format")
+    c.add_argument("src", help="source checkpoint directory (format and family detected)")
+    c.add_argument("out", help="output directory (created atomically)")
+    c.add_argument("--to", required=True, choices=formats.names(), help="output format")
+    c.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the output")
+    c.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the output")
+    c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="output dtype (default: the source's)")
+    c.add_argument("--dry-run", action="store_true", help="print the plan (every output tensor) and write nothing")
+    c.add_argument("--recipes", action="store_true", help="with --dry-run: show where each tensor comes from")
+    c.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--max-shard-size", default="5GB", help="largest Hugging Face shard (default 5GB)")
+    c.add_argument("--parallel-embedding", action="store_true", help="TensorRT-LLM: split the vocab embedding over tp")
+    c.add_argument("--vocab-size", type=int, help="true vocabulary size when the source does not record it")
+    c.add_argument("--threads", type=int, default=4, help="read-ahead threads (default 4)")
+    c.add_argument("--max-memory", default="2GiB", help="bytes of tensors read ahead at most (default 2GiB)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    i = sub.add_parser("inspect", help="describe a checkpoint")
+    i.add_argument("path")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+
+    v = sub.add_parser("verify", help="compare two checkpoints' logits through the reference forward")
+    v.add_argument("src")
+    v.add_argument("out")
+    v.add_argument("--seq-len", type=int, default=16)
+    v.add_argument("--batch", type=int, default=2)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--atol", type=float, help="absolute tolerance (default by dtype)")
+    v.add_argument("--rtol", type=float, help="tolerance relative to the largest logit (default by dtype)")
+    v.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("demo", help="make a tiny random Llama, convert it to TensorRT-LLM tp=2, verify it")
+    d.add_argument("workdir", nargs="?", default="ferry-demo", help="directory for the demo's files (default ./ferry-demo)")
+    return p
+
+
+def _convert(a) -> int:
+    from .formats.hf import parse_size
+
+    plan = api.convert(
+        a.src, a.out, to=a.to, tp=a.tp, pp=a.pp, dtype=a.dtype, dry_run=a.dry_run, overwrite=a.overwrite,
+        max_shard_size=a.max_shard_size, parallel_embedding=a.parallel_embedding, vocab_size=a.vocab_size,
+        progress=not a.quiet and sys.stderr.isatty(), threads=a.threads, max_memory=parse_size(a.max_memory),
+    )
+    for note in plan.notes:
+        print(f"ferry: note: {note}", file=sys.stderr)
+    if a.dry_run:
+        print(json.dumps(plan.to_json(a.recipes), indent=1) if a.json else plan.render(a.recipes))
+    else:
+        print(f"wrote {a.out}: {a.to} {' '.join(f'{k}={v}' for k, v in plan.parallel.items())}, "
+              f"{len(plan.tensors)} tensors, {plan.total_bytes} bytes")
+    return 0
+
+
+def _inspect(a) -> int:
+    info = api.inspect(a.path)
+    if a.json:
+        print(json.dumps(info, indent=1, default=str))
+        return 0
+    s = info["spec"]
+    print(f"{info['path']}: {info['format']} checkpoint, family {info['family']}, {info['dtype']}, "
+          f"{' '.join(f'{k}={v}' for k, v in info['parallel'].items())}")
+    print(f"  {s['num_layers']} layers, hidden {s['hidden_size']}, heads {s['num_heads']} (kv {s['num_kv_heads']}, "
+          f"head_dim {s['head_dim']}), ffn {s['ffn_hidden_size']}, vocab {s['vocab_size']}")
+    print(f"  {info['tensors']} tensors, {info['parameters']} parameters, {info['bytes']} bytes")
+    for key, value in info["details"].items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def _verify(a) -> int:
+    report = api.verify(a.src, a.out, batch=a.batch, seq_len=a.seq_len, seed=a.seed, atol=a.atol, rtol=a.rtol)
+    print(json.dumps(report.to_dict()) if a.json else report.line())
+    return 0 if report.passed else 1
+
+
+def _demo(a) -> int:
+    from .demo import run_demo
+
+    return run_demo(a.workdir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        a = _parser().parse_args(argv)
+        return {"convert": _convert, "inspect": _inspect, "verify": _verify, "demo": _demo}[a.command](a)
+    except FerryError as e:
+        print(f"ferry: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ferry: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("ferry: internal error (a bug in ferry; please report it with the traceback above)", file=sys.stderr)
+        return 1

@@ -1,0 +1,120 @@
+"""Runs a plan: output built in a temporary directory beside OUT and renamed into place only when
+complete; tensors materialised a few at a time by a small thread pool, under a memory budget,
+written in plan order, then freed."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from .errors import OutputExistsError
+from .plan import Plan, PlannedTensor
+
+DEFAULT_MAX_MEMORY = 2 * 1024**3
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+
+
+class Materializer:
+    """Yields the tensors of a list in order, computing up to `threads` ahead while their bytes
+    stay under `max_memory` (one tensor larger than the budget still goes through, alone)."""
+
+    def __init__(self, threads: int = 4, max_memory: int = DEFAULT_MAX_MEMORY, on_bytes=None):
+        self.threads = max(1, threads)
+        self.max_memory = max_memory
+        self.on_bytes = on_bytes
+
+    def __call__(self, tensors: Sequence[PlannedTensor]) -> Iterator[torch.Tensor]:
+        if self.threads == 1:
+            for t in tensors:
+                yield t.value.materialize()
+            return
+        pending: collections.deque[tuple[PlannedTensor, Future]] = collections.deque()
+        in_flight = 0
+        todo = iter(tensors)
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="ferry-read") as pool:
+            try:
+                nxt = next(todo, None)
+                while nxt is not None or pending:
+                    while nxt is not None and len(pending) < self.threads and (
+                        not pending or in_flight + nxt.nbytes <= self.max_memory
+                    ):
+                        pending.append((nxt, pool.submit(nxt.value.materialize)))
+                        in_flight += nxt.nbytes
+                        nxt = next(todo, None)
+                    planned, future = pending.popleft()
+                    tensor = future.result()
+                    in_flight -= planned.nbytes
+                    yield tensor
+                    del tensor, future
+            finally:
+                for _, f in pending:
+                    f.cancel()
+
+
+def execute(plan: Plan, out: Path, *, overwrite: bool = False, progress: bool = True,
+            threads: int = 4, max_memory: int = DEFAULT_MAX_MEMORY) -> None:
+    out = Path(out)
+    check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.ferry-tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    bar = _progress(plan.total_bytes, progress)
+    stream = Materializer(threads, max_memory)
+    try:
+        for f in plan.files:
+            target = tmp / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+
+            def counted(tensors, _stream=stream):
+                for planned, t in zip(tensors, _stream(tensors)):
+                    yield t
+                    bar.update(planned.nbytes)
+
+            f.write(target, counted)
+        _replace(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+
+
+def _replace(tmp: Path, out: Path, overwrite: bool) -> None:
+    if out.exists():
+        check_output(out, overwrite)
+        trash = out.parent / f".{out.name}.ferry-old-{uuid.uuid4().hex[:8]}"
+        os.rename(out, trash)
+        os.rename(tmp, out)
+        if trash.is_dir():
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            trash.unlink()
+    else:
+        os.rename(tmp, out)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="ferry", leave=False)

@@ -1,0 +1,1 @@
+"""Byte-level readers and writers: safetensors, torch zip pickles, file ranges."""

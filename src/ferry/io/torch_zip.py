@@ -1,0 +1,304 @@
+"""torch.save zip archives, read without running the pickle and without loading tensors.
+
+A torch.save file is a zip of stored (uncompressed) records: `<dir>/data.pkl` (the object tree, a
+pickle whose tensors point at storages by persistent id) and `<dir>/data/<key>` (raw storage bytes).
+`load` unpickles `data.pkl` with an allow-list: tensors and storages become lazy `Stored` leaves at
+their byte offset in the file, `argparse.Namespace`, `OrderedDict` and plain data load as
+themselves, a few known-harmless foreign classes (Megatron enums, numpy RNG state, ...) become inert
+placeholders that are never imported or called, and anything else is refused with
+`UnsafePickleError` before it can run. The same reader serves Megatron's legacy
+`model_optim_rng.pt`, torch_dist `common.pt` and `.distcp` items, and HF `pytorch_model.bin`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import pickle
+import struct
+import zipfile
+
+import torch
+
+from ..errors import CheckpointError, UnsafePickleError
+from ..lazy import Stored, TensorSource
+from .files import FileReader
+
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "UntypedStorage": torch.uint8,
+}
+_TORCH_DTYPES = {
+    name: getattr(torch, name)
+    for name in (
+        "float64 float32 float16 bfloat16 int64 int32 int16 int8 uint8 bool "
+        "float8_e4m3fn float8_e5m2 double float half long int short"
+    ).split()
+}
+# Foreign modules whose classes appear in real checkpoints (Megatron args enums, TE extra state,
+# numpy RNG state in rng_state). They become inert placeholders: never imported, never called.
+_INERT_MODULES = ("megatron", "transformer_engine", "nemo", "apex", "numpy", "modelopt", "_io", "io", "enum")
+
+
+class StorageType:
+    def __init__(self, name: str, dtype: torch.dtype):
+        self.name, self.dtype = name, dtype
+
+
+class StorageRef:
+    """A persistent-id storage: which record, which dtype, how many elements."""
+
+    def __init__(self, key: str, dtype: torch.dtype, numel: int):
+        self.key, self.dtype, self.numel = key, dtype, numel
+
+
+class TensorRef:
+    """A tensor as the pickle describes it; turned into a `Stored` leaf once offsets are known."""
+
+    def __init__(self, storage: StorageRef, offset: int, size, stride, dtype: torch.dtype | None = None):
+        self.storage, self.offset = storage, int(offset)
+        self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
+        self.dtype = dtype or storage.dtype
+
+
+class Inert:
+    """Stand-in for a foreign object in a checkpoint: records its arguments, does nothing."""
+
+    _ferry_global = "?"
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<inert {self._ferry_global}>"
+
+
+_inert_classes: dict[str, type] = {}
+
+
+def _inert(qualname: str) -> type:
+    if qualname not in _inert_classes:
+        _inert_classes[qualname] = type(qualname.rsplit(".", 1)[-1], (Inert,), {"_ferry_global": qualname})
+    return _inert_classes[qualname]
+
+
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
+    return TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
+    if not isinstance(dtype, torch.dtype):
+        raise UnsafePickleError("tensor with a non-dtype dtype argument")
+    return TensorRef(storage, storage_offset, size, stride, dtype)  # offset counts `dtype` elements
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
+    return data
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    return func(*args)
+
+
+def _get_layout(name):
+    if name != "torch.strided":
+        raise UnsafePickleError(f"tensor layout {name!r} (only dense strided tensors are read)")
+    return torch.strided
+
+
+def _codecs_encode(text, encoding="utf-8"):
+    if encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+_SAFE_GLOBALS = {
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
+    "torch.serialization._get_layout": _get_layout,
+    "torch.Size": torch.Size,
+    "torch.device": torch.device,
+    "collections.OrderedDict": collections.OrderedDict,
+    "argparse.Namespace": argparse.Namespace,
+    "_codecs.encode": _codecs_encode,
+    "builtins.set": set,
+    "builtins.frozenset": frozenset,
+    "builtins.slice": slice,
+    "builtins.bytearray": bytearray,
+    "builtins.complex": complex,
+    "builtins.range": range,
+}
+_SAFE_GLOBALS.update({f"torch.{name}": StorageType(name, dt) for name, dt in _STORAGE_DTYPES.items()})
+_SAFE_GLOBALS.update({f"torch.storage.{name}": StorageType(name, dt) for name, dt in _STORAGE_DTYPES.items()})
+_SAFE_GLOBALS.update({f"torch.{name}": dt for name, dt in _TORCH_DTYPES.items()})
+
+
+def _dcp_globals() -> dict:
+    """torch.distributed.checkpoint metadata classes: plain dataclasses and enums."""
+    from torch.distributed.checkpoint import filesystem, metadata, planner
+
+    names = {
+        metadata: "Metadata TensorStorageMetadata BytesStorageMetadata ChunkStorageMetadata TensorProperties "
+        "MetadataIndex StorageMeta _MEM_FORMAT_ENCODING",
+        filesystem: "_StorageInfo",
+        planner: "SavePlan WriteItem WriteItemType TensorWriteData LoadPlan ReadItem LoadItemType",
+    }
+    out = {}
+    for module, attrs in names.items():
+        for attr in attrs.split():
+            if hasattr(module, attr):
+                out[f"{module.__name__}.{attr}"] = getattr(module, attr)
+    return out
+
+
+class _Unpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, label: str, allow_dcp: bool):
+        super().__init__(io.BytesIO(data))
+        self.label = label
+        self.allowed = dict(_SAFE_GLOBALS)
+        if allow_dcp:
+            self.allowed.update(_dcp_globals())
+
+    def find_class(self, module, name):
+        qualname = f"{module}.{name}"
+        if qualname in self.allowed:
+            return self.allowed[qualname]
+        if module.split(".")[0] in _INERT_MODULES:
+            return _inert(qualname)
+        raise UnsafePickleError(
+            f"{self.label}: refusing to load global {qualname!r} (only tensors, argparse.Namespace, numpy RNG "
+            "state and plain data are allowed); nothing from this file was run"
+        )
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise UnsafePickleError(f"{self.label}: unexpected persistent id {pid!r}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, StorageType):
+            raise UnsafePickleError(f"{self.label}: persistent id with storage type {storage_type!r}")
+        return StorageRef(str(key), storage_type.dtype, int(numel))
+
+
+def restricted_loads(data: bytes, label: str, allow_dcp: bool = False):
+    """Unpickle plain data under the allow-list (no tensors may point at storages)."""
+    try:
+        return _Unpickler(data, label, allow_dcp).load()
+    except UnsafePickleError:
+        raise
+    except Exception as e:  # malformed pickles raise anything from IndexError to UnpicklingError
+        raise CheckpointError(f"{label}: cannot read pickle ({type(e).__name__}: {e})") from None
+
+
+class _Window(io.RawIOBase):
+    """A read-only file view of bytes [start, start + length) of a FileReader (for zipfile)."""
+
+    def __init__(self, reader: FileReader, start: int, length: int):
+        self.reader, self.start, self.length, self.pos = reader, start, length, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self.pos
+
+    def seek(self, offset, whence=0):
+        self.pos = {0: offset, 1: self.pos + offset, 2: self.length + offset}[whence]
+        return self.pos
+
+    def readinto(self, b):
+        n = max(0, min(len(b), self.length - self.pos))
+        if n:
+            b[:n] = self.reader.read_bytes(self.start + self.pos, n)
+        self.pos += n
+        return n
+
+
+def load(reader: FileReader, start: int = 0, length: int | None = None, label: str | None = None, allow_dcp: bool = False):
+    """The object tree of the torch.save archive at bytes [start, start+length) of `reader`,
+    with every tensor replaced by a lazy `Stored` leaf."""
+    length = reader.size - start if length is None else length
+    label = label or str(reader.path)
+    try:
+        zf = zipfile.ZipFile(_Window(reader, start, length))
+    except zipfile.BadZipFile:
+        raise CheckpointError(f"{label}: not a torch.save zip archive (truncated, or saved with the legacy non-zip format)") from None
+    infos = {zi.filename: zi for zi in zf.infolist()}
+    pkl = [n for n in infos if n.endswith("/data.pkl") or n == "data.pkl"]
+    if len(pkl) != 1:
+        raise CheckpointError(f"{label}: not a torch.save archive (no single data.pkl record)")
+    prefix = pkl[0][: -len("data.pkl")]
+    byteorder = infos.get(prefix + "byteorder")
+    if byteorder is not None and zf.read(byteorder).strip() not in (b"little", b""):
+        raise CheckpointError(f"{label}: big-endian checkpoints are not supported")
+    obj = restricted_loads(zf.read(pkl[0]), label, allow_dcp)
+
+    def record_offset(key: str, nbytes: int) -> int:
+        zi = infos.get(f"{prefix}data/{key}")
+        if zi is None:
+            raise CheckpointError(f"{label}: storage record data/{key} is missing")
+        if zi.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{label}: storage record data/{key} is compressed; only stored records can be read lazily")
+        if zi.file_size < nbytes:
+            raise CheckpointError(f"{label}: storage record data/{key} has {zi.file_size} bytes, tensors need {nbytes}")
+        local = reader.read_bytes(start + zi.header_offset, 30)
+        sig, name_len, extra_len = struct.unpack("<I22xHH", local)
+        if sig != 0x04034B50:
+            raise CheckpointError(f"{label}: corrupt zip entry data/{key}")
+        data_start = start + zi.header_offset + 30 + name_len + extra_len
+        if data_start + zi.file_size > start + length:
+            raise CheckpointError(f"{label}: truncated: storage data/{key} runs past the end of the file")
+        return data_start
+
+    offsets: dict[str, int] = {}
+
+    def convert(x):
+        if isinstance(x, TensorRef):
+            esize = x.dtype.itemsize
+            need = (x.offset + 1 + sum((n - 1) * s for n, s in zip(x.size, x.stride))) * esize if all(x.size) else 0
+            storage_bytes = x.storage.numel * x.storage.dtype.itemsize
+            if need > storage_bytes:
+                raise CheckpointError(f"{label}: a tensor of shape {list(x.size)} runs past its storage data/{x.storage.key}")
+            if x.storage.key not in offsets:
+                offsets[x.storage.key] = record_offset(x.storage.key, storage_bytes)
+            src = TensorSource(reader, offsets[x.storage.key] + x.offset * esize, x.dtype, x.size, x.stride, file_label=reader.label)
+            return Stored(src)
+        if isinstance(x, StorageRef):
+            raise CheckpointError(f"{label}: bare storages are not supported")
+        if isinstance(x, dict):
+            return type(x)((k, convert(v)) for k, v in x.items()) if isinstance(x, collections.OrderedDict) else {k: convert(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [convert(v) for v in x]
+        if isinstance(x, tuple) and not isinstance(x, torch.Size):
+            return tuple(convert(v) for v in x)
+        return x
+
+    return convert(obj)
+
+
+def name_tensors(tree, prefix: str = "") -> None:
+    """Give every Stored leaf in a state dict its key as a name (for messages)."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if isinstance(v, Stored):
+                v.source.name = f"{prefix}{k}"
+            elif isinstance(v, dict):
+                name_tensors(v, f"{prefix}{k}.")

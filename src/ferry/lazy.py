@@ -1,0 +1,392 @@
+"""Lazy tensors: shape and dtype known up front, bytes read only when an output needs them.
+
+A lazy tensor is a small expression tree over stored tensors (`Stored`), built from a handful of
+nodes: `Cat`, `Transpose`, `Squeeze`/`Unsqueeze`, `Pad`, `Cast`, `Zeros`, `Const`. `narrow` is
+pushed down to the leaves wherever it can be, so that a tensor-parallel rank reads only its own
+rows or columns from disk. `fill(out)` writes the value straight into a caller's buffer (a cat
+fills its parts into views of the output), so materialising costs one output-sized allocation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+
+
+class Lazy:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    # -- shape facts -----------------------------------------------------------------------
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+
+    # -- evaluation ------------------------------------------------------------------------
+    def materialize(self) -> torch.Tensor:
+        out = torch.empty(self.shape, dtype=self.dtype)
+        self.fill(out)
+        return out
+
+    def fill(self, out: torch.Tensor) -> None:
+        """Write this tensor's value into `out` (same shape and dtype, any strides)."""
+        raise NotImplementedError
+
+    # -- structure -------------------------------------------------------------------------
+    def narrow(self, dim: int, start: int, length: int) -> Lazy:
+        dim = _dim(dim, self.ndim)
+        if start < 0 or length < 0 or start + length > self.shape[dim]:
+            raise ValueError(f"narrow({dim}, {start}, {length}) out of range for shape {list(self.shape)}")
+        if start == 0 and length == self.shape[dim]:
+            return self
+        return self._narrow(dim, start, length)
+
+    def _narrow(self, dim: int, start: int, length: int) -> Lazy:
+        return Narrowed(self, dim, start, length)
+
+    def children(self) -> Sequence[Lazy]:
+        return ()
+
+    def leaves(self) -> Iterator[Stored]:
+        for child in self.children():
+            yield from child.leaves()
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {list(self.shape)} {str(self.dtype)[6:]}: {self.describe()}>"
+
+
+def _dim(dim: int, ndim: int) -> int:
+    if not -ndim <= dim < max(ndim, 1):
+        raise ValueError(f"dim {dim} out of range for {ndim}-d tensor")
+    return dim % max(ndim, 1)
+
+
+def _region_text(region: tuple[tuple[int, int], ...], shape: tuple[int, ...]) -> str:
+    if all(lo == 0 and hi == n for (lo, hi), n in zip(region, shape)):
+        return ""
+    return "[" + ", ".join(":" if (lo == 0 and hi == n) else f"{lo}:{hi}" for (lo, hi), n in zip(region, shape)) + "]"
+
+
+class TensorSource:
+    """Where one stored tensor's bytes are: a file reader plus offset, dtype, shape and strides."""
+
+    def __init__(self, reader, offset: int, dtype: torch.dtype, shape, stride=None, name: str = "", file_label: str = ""):
+        self.reader = reader
+        self.offset = offset
+        self.dtype = dtype
+        self.shape = tuple(int(n) for n in shape)
+        self.stride = tuple(stride) if stride is not None else _contiguous_stride(self.shape)
+        self.name = name
+        self.file_label = file_label
+
+    def __repr__(self) -> str:
+        return f"{self.file_label}:{self.name}"
+
+
+def _contiguous_stride(shape: Sequence[int]) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for n in reversed(shape):
+        stride.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(stride))
+
+
+class Stored(Lazy):
+    """A region of a tensor stored in a file. Narrowing shrinks the region; nothing is read."""
+
+    def __init__(self, source: TensorSource, region: tuple[tuple[int, int], ...] | None = None):
+        self.source = source
+        self.region = region if region is not None else tuple((0, n) for n in source.shape)
+        self.shape = tuple(hi - lo for lo, hi in self.region)
+        self.dtype = source.dtype
+
+    def _narrow(self, dim, start, length):
+        lo, _ = self.region[dim]
+        region = list(self.region)
+        region[dim] = (lo + start, lo + start + length)
+        return Stored(self.source, tuple(region))
+
+    def fill(self, out):
+        self.source.reader.read_region(self.source, self.region, out)
+
+    def byte_range(self) -> tuple[int, int] | None:
+        """(offset, length) in the file when this region is one contiguous run of bytes."""
+        src = self.source
+        if src.stride != _contiguous_stride(src.shape):
+            return None
+        # contiguous iff after the first dimension that is not whole-range... every later dim is full
+        # and every earlier dim has length 1
+        dims = [i for i, ((lo, hi), n) in enumerate(zip(self.region, src.shape)) if (hi - lo) != n]
+        if dims:
+            first = dims[0]
+            if any((hi - lo) != 1 for (lo, hi) in self.region[:first]):
+                return None
+            if any((hi - lo) != n for (lo, hi), n in list(zip(self.region, src.shape))[first + 1:]):
+                return None
+        esize = torch.empty((), dtype=src.dtype).element_size()
+        start = sum(lo * st for (lo, _), st in zip(self.region, src.stride))
+        return src.offset + start * esize, self.numel * esize
+
+    def leaves(self):
+        yield self
+
+    def describe(self):
+        return f"{self.source!r}{_region_text(self.region, self.source.shape)}"
+
+
+class Const(Lazy):
+    """An in-memory tensor (tests, small computed values)."""
+
+    def __init__(self, tensor: torch.Tensor, label: str = "const"):
+        self.tensor = tensor
+        self.shape = tuple(tensor.shape)
+        self.dtype = tensor.dtype
+        self.label = label
+
+    def _narrow(self, dim, start, length):
+        return Const(self.tensor.narrow(dim, start, length), self.label)
+
+    def fill(self, out):
+        out.copy_(self.tensor)
+
+    def describe(self):
+        return self.label
+
+
+class Zeros(Lazy):
+    def __init__(self, shape, dtype):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+
+    def _narrow(self, dim, start, length):
+        shape = list(self.shape)
+        shape[dim] = length
+        return Zeros(shape, self.dtype)
+
+    def fill(self, out):
+        out.zero_()
+
+    def describe(self):
+        return f"zeros{list(self.shape)}"
+
+
+class Cat(Lazy):
+    def __init__(self, parts: Sequence[Lazy], dim: int):
+        if not parts:
+            raise ValueError("cat of no tensors")
+        ndim = parts[0].ndim
+        self.dim = _dim(dim, ndim)
+        for p in parts:
+            if p.ndim != ndim or p.dtype != parts[0].dtype or any(
+                a != b for i, (a, b) in enumerate(zip(p.shape, parts[0].shape)) if i != self.dim
+            ):
+                raise ValueError(
+                    f"cat on dim {self.dim}: {[list(q.shape) for q in parts]} {[str(q.dtype) for q in parts]} do not fit"
+                )
+        self.parts = list(parts)
+        shape = list(parts[0].shape)
+        shape[self.dim] = sum(p.shape[self.dim] for p in parts)
+        self.shape = tuple(shape)
+        self.dtype = parts[0].dtype
+
+    def children(self):
+        return self.parts
+
+    def _narrow(self, dim, start, length):
+        if dim != self.dim:
+            return Cat([p.narrow(dim, start, length) for p in self.parts], self.dim)
+        pieces, offset, stop = [], 0, start + length
+        for p in self.parts:
+            size = p.shape[dim]
+            lo, hi = max(start, offset), min(stop, offset + size)
+            if lo < hi:
+                pieces.append(p.narrow(dim, lo - offset, hi - lo))
+            offset += size
+        return pieces[0] if len(pieces) == 1 else Cat(pieces, dim)
+
+    def fill(self, out):
+        offset = 0
+        for p in self.parts:
+            p.fill(out.narrow(self.dim, offset, p.shape[self.dim]))
+            offset += p.shape[self.dim]
+
+    def describe(self):
+        return f"cat{self.dim}(" + ", ".join(p.describe() for p in self.parts) + ")"
+
+
+class Transpose(Lazy):
+    def __init__(self, x: Lazy, d0: int, d1: int):
+        self.x = x
+        self.d0, self.d1 = _dim(d0, x.ndim), _dim(d1, x.ndim)
+        shape = list(x.shape)
+        shape[self.d0], shape[self.d1] = shape[self.d1], shape[self.d0]
+        self.shape = tuple(shape)
+        self.dtype = x.dtype
+
+    def children(self):
+        return (self.x,)
+
+    def _swap(self, dim):
+        return self.d1 if dim == self.d0 else self.d0 if dim == self.d1 else dim
+
+    def _narrow(self, dim, start, length):
+        return Transpose(self.x.narrow(self._swap(dim), start, length), self.d0, self.d1)
+
+    def fill(self, out):
+        self.x.fill(out.transpose(self.d0, self.d1))
+
+    def describe(self):
+        return f"transpose{self.d0}{self.d1}({self.x.describe()})"
+
+
+class Unsqueeze(Lazy):
+    def __init__(self, x: Lazy, dim: int):
+        self.x = x
+        self.dim = _dim(dim, x.ndim + 1)
+        shape = list(x.shape)
+        shape.insert(self.dim, 1)
+        self.shape = tuple(shape)
+        self.dtype = x.dtype
+
+    def children(self):
+        return (self.x,)
+
+    def _narrow(self, dim, start, length):
+        if dim == self.dim:  # length 0 is the only narrowing left of a size-1 dim
+            return Zeros(self.shape[:dim] + (0,) + self.shape[dim + 1:], self.dtype)
+        return Unsqueeze(self.x.narrow(dim - (dim > self.dim), start, length), self.dim)
+
+    def fill(self, out):
+        self.x.fill(out.squeeze(self.dim))
+
+    def describe(self):
+        return f"unsqueeze{self.dim}({self.x.describe()})"
+
+
+class Squeeze(Lazy):
+    def __init__(self, x: Lazy, dim: int):
+        self.x = x
+        self.dim = _dim(dim, x.ndim)
+        if x.shape[self.dim] != 1:
+            raise ValueError(f"squeeze({self.dim}) of shape {list(x.shape)}")
+        self.shape = x.shape[: self.dim] + x.shape[self.dim + 1:]
+        self.dtype = x.dtype
+
+    def children(self):
+        return (self.x,)
+
+    def _narrow(self, dim, start, length):
+        return Squeeze(self.x.narrow(dim + (dim >= self.dim), start, length), self.dim)
+
+    def fill(self, out):
+        self.x.fill(out.unsqueeze(self.dim))
+
+    def describe(self):
+        return f"squeeze{self.dim}({self.x.describe()})"
+
+
+class Pad(Lazy):
+    """Zero rows appended on `dim` up to `size` (vocabulary padding)."""
+
+    def __init__(self, x: Lazy, dim: int, size: int):
+        self.x = x
+        self.dim = _dim(dim, x.ndim)
+        if size < x.shape[self.dim]:
+            raise ValueError(f"pad to {size} is smaller than {x.shape[self.dim]}")
+        shape = list(x.shape)
+        shape[self.dim] = size
+        self.shape = tuple(shape)
+        self.dtype = x.dtype
+
+    def children(self):
+        return (self.x,)
+
+    def _narrow(self, dim, start, length):
+        if dim != self.dim:
+            return Pad(self.x.narrow(dim, start, length), self.dim, self.shape[self.dim])
+        n = self.x.shape[dim]
+        stop = start + length
+        zeros_shape = list(self.shape)
+        if start >= n:
+            zeros_shape[dim] = length
+            return Zeros(zeros_shape, self.dtype)
+        if stop <= n:
+            return self.x.narrow(dim, start, length)
+        zeros_shape[dim] = stop - n
+        return Cat([self.x.narrow(dim, start, n - start), Zeros(zeros_shape, self.dtype)], dim)
+
+    def fill(self, out):
+        n = self.x.shape[self.dim]
+        self.x.fill(out.narrow(self.dim, 0, n))
+        out.narrow(self.dim, n, self.shape[self.dim] - n).zero_()
+
+    def describe(self):
+        return f"pad{self.dim}:{self.shape[self.dim]}({self.x.describe()})"
+
+
+class Cast(Lazy):
+    def __init__(self, x: Lazy, dtype: torch.dtype):
+        self.x = x
+        self.shape = x.shape
+        self.dtype = dtype
+
+    def children(self):
+        return (self.x,)
+
+    def _narrow(self, dim, start, length):
+        return cast(self.x.narrow(dim, start, length), self.dtype)
+
+    def fill(self, out):
+        out.copy_(self.x.materialize())
+
+    def describe(self):
+        return f"{str(self.dtype)[6:]}({self.x.describe()})"
+
+
+class Narrowed(Lazy):
+    """Fallback when a node cannot push a narrow down: materialise, then slice."""
+
+    def __init__(self, x: Lazy, dim: int, start: int, length: int):
+        self.x, self.dim, self.start, self.length = x, dim, start, length
+        shape = list(x.shape)
+        shape[dim] = length
+        self.shape = tuple(shape)
+        self.dtype = x.dtype
+
+    def children(self):
+        return (self.x,)
+
+    def fill(self, out):
+        out.copy_(self.x.materialize().narrow(self.dim, self.start, self.length))
+
+    def describe(self):
+        return f"{self.x.describe()}.narrow({self.dim},{self.start},{self.length})"
+
+
+def cast(x: Lazy, dtype: torch.dtype) -> Lazy:
+    if x.dtype == dtype:
+        return x
+    if isinstance(x, Zeros):
+        return Zeros(x.shape, dtype)
+    return Cast(x, dtype)  # never fold casts: fp32 -> bf16 -> fp32 is not the identity
+
+
+def cat(parts: Sequence[Lazy], dim: int) -> Lazy:
+    return parts[0] if len(parts) == 1 else Cat(parts, dim)
+
+
+def lazy(t: torch.Tensor | Lazy, label: str = "const") -> Lazy:
+    return t if isinstance(t, Lazy) else Const(t, label)

@@ -1,0 +1,1 @@
+"""Reference forward passes (pure PyTorch, float32) and logit comparison."""

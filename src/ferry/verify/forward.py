@@ -1,0 +1,44 @@
+"""Reference forward over the canonical model: full tensors, one layer materialised at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from ..lazy import Lazy
+from ..spec import ModelSpec
+from . import kernels as K
+
+
+def canonical_logits(spec: ModelSpec, tensors: Mapping[str, Lazy], input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits [batch, seq, vocab] in float32 for `input_ids` [batch, seq]."""
+
+    def get(name: str) -> torch.Tensor | None:
+        t = tensors.get(name)
+        return None if t is None else t.materialize().float()
+
+    positions = torch.arange(input_ids.shape[1])
+    x = get("embed.weight")[input_ids]
+    if spec.position_embedding == "learned":
+        x = x + get("pos_embed.weight")[positions]
+    cos, sin = K.rope(spec, positions) if spec.position_embedding == "rope" else (None, None)
+    for i in range(spec.num_layers):
+        p = f"layers.{i}."
+        h = K.norm(spec, x, get(p + "attn_norm.weight"), get(p + "attn_norm.bias"))
+        q = K.heads(K.linear(h, get(p + "attn.q.weight"), get(p + "attn.q.bias")), spec.num_heads, spec.head_dim)
+        k = K.heads(K.linear(h, get(p + "attn.k.weight"), get(p + "attn.k.bias")), spec.num_kv_heads, spec.head_dim)
+        v = K.heads(K.linear(h, get(p + "attn.v.weight"), get(p + "attn.v.bias")), spec.num_kv_heads, spec.head_dim)
+        if cos is not None:
+            q, k = K.apply_rope(q, cos, sin), K.apply_rope(k, cos, sin)
+        x = x + K.linear(K.attention(q, k, v), get(p + "attn.o.weight"), get(p + "attn.o.bias"))
+        h = K.norm(spec, x, get(p + "mlp_norm.weight"), get(p + "mlp_norm.bias"))
+        up = K.linear(h, get(p + "mlp.up.weight"), get(p + "mlp.up.bias"))
+        if spec.gated_mlp:
+            act = K.activation(spec, K.linear(h, get(p + "mlp.gate.weight"), get(p + "mlp.gate.bias"))) * up
+        else:
+            act = K.activation(spec, up)
+        x = x + K.linear(act, get(p + "mlp.down.weight"), get(p + "mlp.down.bias"))
+    x = K.norm(spec, x, get("final_norm.weight"), get("final_norm.bias"))
+    head = get("lm_head.weight") if "lm_head.weight" in tensors else get("embed.weight")
+    return K.linear(x, head)
