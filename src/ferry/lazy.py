@@ -127,15 +127,10 @@ class Stored(Lazy):
         src = self.source
         if src.stride != _contiguous_stride(src.shape):
             return None
-        # contiguous iff after the first dimension that is not whole-range... every later dim is full
-        # and every earlier dim has length 1
-        dims = [i for i, ((lo, hi), n) in enumerate(zip(self.region, src.shape)) if (hi - lo) != n]
-        if dims:
-            first = dims[0]
-            if any((hi - lo) != 1 for (lo, hi) in self.region[:first]):
-                return None
-            if any((hi - lo) != n for (lo, hi), n in list(zip(self.region, src.shape))[first + 1:]):
-                return None
+        # contiguous iff every dim after the last partial one is whole and every dim before it has length 1
+        partial = [i for i, ((lo, hi), n) in enumerate(zip(self.region, src.shape)) if (hi - lo) != n]
+        if partial and any((hi - lo) != 1 for lo, hi in self.region[: partial[-1]]):
+            return None
         esize = torch.empty((), dtype=src.dtype).element_size()
         start = sum(lo * st for (lo, _), st in zip(self.region, src.stride))
         return src.offset + start * esize, self.numel * esize

@@ -35,8 +35,8 @@ def read_index(reader: FileReader) -> tuple[dict[str, Stored], dict[str, str]]:
         raise CheckpointError(f"{where}: truncated or not safetensors: header length {n} does not fit in a {reader.size}-byte file")
     try:
         header = json.loads(reader.read_bytes(8, n))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{where}: safetensors header is not valid JSON ({e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{where}: safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{where}: safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}

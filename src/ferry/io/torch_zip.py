@@ -12,6 +12,7 @@ placeholders that are never imported or called, and anything else is refused wit
 
 from __future__ import annotations
 
+import _compat_pickle
 import argparse
 import collections
 import io
@@ -176,6 +177,9 @@ class _Unpickler(pickle.Unpickler):
             self.allowed.update(_dcp_globals())
 
     def find_class(self, module, name):
+        # protocol-2 pickles spell Python 2 names (__builtin__.set); map them as pickle's fix_imports does
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         qualname = f"{module}.{name}"
         if qualname in self.allowed:
             return self.allowed[qualname]

@@ -1,0 +1,172 @@
+"""Hugging Face <-> TensorRT-LLM against transformers: per-rank logits, bit-exact round trips."""
+
+import json
+
+import pytest
+import torch
+
+import ferry
+from helpers import ferry_logits, hf_logits, input_ids, read_config, safetensors_dir
+
+
+@pytest.fixture(scope="module")
+def reference(models):
+    """transformers' own logits for each tiny model."""
+    out = {}
+    for name, path in models.items():
+        ids = input_ids(read_config(path).get("vocab_size"))
+        out[name] = (ids, hf_logits(path, ids))
+    return out
+
+
+@pytest.mark.parametrize("model", ["gqa", "mha"])
+@pytest.mark.parametrize("tp", [1, 2, 4])
+@pytest.mark.parametrize("pp", [1, 2])
+def test_hf_to_trtllm_per_rank_logits_match_transformers(models, reference, tmp_path, model, tp, pp):
+    out = tmp_path / "trt"
+    ferry.convert(models[model], out, to="trtllm", tp=tp, pp=pp)
+    cfg = read_config(out)
+    assert cfg["mapping"] == {"world_size": tp * pp, "tp_size": tp, "pp_size": pp}
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"] + [f"rank{r}.safetensors" for r in range(tp * pp)]
+    ids, expected = reference[model]
+    got = ferry_logits(out, ids)  # each rank computes with its own file only
+    assert (got - expected).abs().max().item() <= 1e-4
+
+
+def test_trtllm_per_rank_shapes_with_kv_duplication(models, tmp_path):
+    ferry.convert(models["gqa"], tmp_path / "t", to="trtllm", tp=4, pp=2)  # 8 heads, 2 kv heads, head_dim 8
+    ranks = [safetensors_dir_file(tmp_path / "t" / f"rank{r}.safetensors") for r in range(8)]
+    for r in range(8):
+        t = ranks[r]
+        assert t["transformer.layers.0.attention.qkv.weight"].shape == (8 * (2 + 2), 64)  # 2 q + 1 k + 1 v heads
+        assert t["transformer.layers.1.attention.dense.weight"].shape == (64, 16)
+        assert "transformer.layers.2.attention.dense.weight" not in t  # 4 layers over pp=2: local 0, 1
+        assert ("transformer.vocab_embedding.weight" in t) == (r < 4)
+        assert ("lm_head.weight" in t) == (r >= 4)
+    # vocab 101 padded to 104, split 26 rows per rank; padding rows are zero
+    assert ranks[7]["lm_head.weight"].shape == (26, 64)
+    assert torch.all(ranks[7]["lm_head.weight"][-3:] == 0) and torch.any(ranks[7]["lm_head.weight"][-4] != 0)
+    # rank r holds kv head r // 2 (duplicated consecutively): ranks 0 and 1 carry the same k rows
+    k = lambda r: ranks[r]["transformer.layers.0.attention.qkv.weight"][16:24]  # noqa: E731
+    assert torch.equal(k(0), k(1)) and torch.equal(k(2), k(3)) and not torch.equal(k(1), k(2))
+    # row-parallel biases are full copies on every rank
+    assert torch.equal(ranks[0]["transformer.layers.0.attention.dense.bias"], ranks[3]["transformer.layers.0.attention.dense.bias"])
+
+
+def safetensors_dir_file(path):
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+@pytest.mark.parametrize("model", ["gqa", "mha", "tied", "gpt2"])
+def test_trtllm_round_trip_is_bit_exact(models, tmp_path, model):
+    ferry.convert(models[model], tmp_path / "trt", to="trtllm", tp=2, pp=2 if model != "gpt2" else 1)
+    ferry.convert(tmp_path / "trt", tmp_path / "back", to="hf")
+    original, back = safetensors_dir(models[model]), safetensors_dir(tmp_path / "back")
+    assert original.keys() == back.keys()
+    for name in original:
+        assert torch.equal(original[name], back[name]), name
+
+
+def test_tied_embeddings_become_an_explicit_lm_head(models, tmp_path):
+    ferry.convert(models["tied"], tmp_path / "trt", to="trtllm", tp=2)
+    embed = safetensors_dir(models["tied"])["model.embed_tokens.weight"]  # [101, 64]
+    heads = [safetensors_dir_file(tmp_path / "trt" / f"rank{r}.safetensors")["lm_head.weight"] for r in (0, 1)]
+    padded = torch.cat(heads)
+    assert padded.shape == (102, 64) and torch.equal(padded[:101], embed) and torch.all(padded[101] == 0)
+    assert read_config(tmp_path / "trt")["tie_word_embeddings"] is True
+
+
+def test_gpt2_to_trtllm_matches_transformers(models, reference, tmp_path):
+    ferry.convert(models["gpt2"], tmp_path / "trt", to="trtllm", tp=2)
+    cfg = read_config(tmp_path / "trt")
+    assert cfg["architecture"] == "GPTForCausalLM" and cfg["position_embedding_type"] == "learned_absolute"
+    assert cfg["hidden_act"] == "gelu_new"
+    ids, expected = reference["gpt2"]
+    assert (ferry_logits(tmp_path / "trt", ids) - expected).abs().max().item() <= 1e-4
+
+
+def test_parallel_embedding(models, reference, tmp_path):
+    ferry.convert(models["gpt2"], tmp_path / "trt", to="trtllm", tp=2, parallel_embedding=True)
+    rank1 = safetensors_dir_file(tmp_path / "trt" / "rank1.safetensors")
+    assert rank1["transformer.vocab_embedding.weight"].shape == (49, 64)  # 97 -> 98 rows, 49 per rank
+    assert rank1["transformer.position_embedding.weight"].shape == (32, 64)
+    ids, expected = reference["gpt2"]
+    assert (ferry_logits(tmp_path / "trt", ids) - expected).abs().max().item() <= 1e-4
+
+
+def test_hf_reshard_is_bit_exact(models, tmp_path):
+    ferry.convert(models["gqa"], tmp_path / "a", to="hf", max_shard_size="100KB")
+    index = json.loads((tmp_path / "a" / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 2 and files[0] == f"model-00001-of-{len(files):05d}.safetensors"
+    for f in files:
+        assert (tmp_path / "a" / f).stat().st_size <= 100_000 + 64 * 101 * 4 + 4096  # one tensor may overflow a shard
+    original, resharded = safetensors_dir(models["gqa"]), safetensors_dir(tmp_path / "a")
+    assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in original.values())
+    assert original.keys() == resharded.keys() and all(torch.equal(original[n], resharded[n]) for n in original)
+    # and back into one file
+    ferry.convert(tmp_path / "a", tmp_path / "b", to="hf")
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    assert all(torch.equal(original[n], t) for n, t in safetensors_dir(tmp_path / "b").items())
+    assert read_config(tmp_path / "b") == read_config(models["gqa"])
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("bfloat16", torch.bfloat16), ("float16", torch.float16)])
+def test_cast_equals_tensor_to(models, tmp_path, dtype, torch_dtype):
+    ferry.convert(models["gqa"], tmp_path / "h", to="hf", dtype=dtype)
+    original, cast = safetensors_dir(models["gqa"]), safetensors_dir(tmp_path / "h")
+    for name, t in original.items():
+        assert cast[name].dtype == torch_dtype and torch.equal(cast[name], t.to(torch_dtype)), name
+    assert read_config(tmp_path / "h")["dtype"] == dtype
+    ferry.convert(models["gqa"], tmp_path / "t", to="trtllm", tp=2, dtype=dtype)
+    assert read_config(tmp_path / "t")["dtype"] == dtype
+    q = original["model.layers.0.self_attn.q_proj.weight"].to(torch_dtype)
+    rank0 = safetensors_dir_file(tmp_path / "t" / "rank0.safetensors")
+    assert torch.equal(rank0["transformer.layers.0.attention.qkv.weight"][:32], q[:32])
+
+
+def test_mistral_is_carried_through(tmp_path):
+    from helpers import make_llama
+
+    src = make_llama(tmp_path / "m", arch="mistral", heads=4, kv_heads=2, layers=2, sliding_window=4096)
+    ferry.convert(src, tmp_path / "trt", to="trtllm", tp=2)
+    assert read_config(tmp_path / "trt")["architecture"] == "MistralForCausalLM"
+    ids = input_ids(101)
+    expected = hf_logits(src, ids)
+    assert (ferry_logits(tmp_path / "trt", ids) - expected).abs().max().item() <= 1e-4
+    ferry.convert(tmp_path / "trt", tmp_path / "back", to="hf")
+    cfg = read_config(tmp_path / "back")
+    assert cfg["architectures"] == ["MistralForCausalLM"] and cfg["model_type"] == "mistral"
+    assert (hf_logits(tmp_path / "back", ids) - expected).abs().max().item() <= 1e-5
+
+
+def test_llama3_rope_scaling_is_carried_and_computed(tmp_path):
+    from helpers import make_llama
+
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8}
+    src = make_llama(tmp_path / "l3", heads=4, kv_heads=2, layers=2, rope_scaling=dict(scaling))
+    ferry.convert(src, tmp_path / "trt", to="trtllm", tp=2)
+    rotary = read_config(tmp_path / "trt")["rotary_scaling"]
+    assert {k: rotary[k] for k in scaling} == scaling
+    ids = input_ids(101)
+    expected = hf_logits(src, ids)
+    got = ferry_logits(tmp_path / "trt", ids)
+    assert (got - expected).abs().max().item() <= 1e-4
+    ferry.convert(tmp_path / "trt", tmp_path / "back", to="hf")
+    assert (hf_logits(tmp_path / "back", ids) - expected).abs().max().item() <= 1e-5
+
+
+def test_pytorch_bin_source(models, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(models["gqa"])
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    (tmp_path / "bin").mkdir()
+    torch.save(state, tmp_path / "bin" / "pytorch_model.bin")
+    (tmp_path / "bin" / "config.json").write_text((models["gqa"] / "config.json").read_text())
+    ferry.convert(tmp_path / "bin", tmp_path / "st", to="hf")
+    original = safetensors_dir(models["gqa"])
+    assert all(torch.equal(original[n], t) for n, t in safetensors_dir(tmp_path / "st").items())
