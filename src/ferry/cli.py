@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except FerryError as e:
         print(f"ferry: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("ferry: interrupted", file=sys.stderr)
         return 130

@@ -385,3 +385,51 @@ def cat(parts: Sequence[Lazy], dim: int) -> Lazy:
 
 def lazy(t: torch.Tensor | Lazy, label: str = "const") -> Lazy:
     return t if isinstance(t, Lazy) else Const(t, label)
+
+
+class Tiled(Lazy):
+    """A tensor stored as chunks that tile it (torch.distributed.checkpoint): narrowing keeps only
+    the chunks that overlap the region, so a reader touches just those chunks' bytes."""
+
+    def __init__(self, shape, dtype, chunks: Sequence[tuple[tuple[int, ...], Lazy]], label: str = ""):
+        self.shape, self.dtype, self.label = tuple(shape), dtype, label
+        self.chunks = list(chunks)
+
+    @classmethod
+    def checked(cls, shape, dtype, chunks, label: str):
+        volume = 0
+        for offsets, chunk in chunks:
+            if len(offsets) != len(shape) or any(o < 0 or o + n > s for o, n, s in zip(offsets, chunk.shape, shape)):
+                raise ValueError(f"{label}: chunk at {list(offsets)} of shape {list(chunk.shape)} is outside {list(shape)}")
+            volume += chunk.numel
+        if volume != math.prod(shape):
+            raise ValueError(f"{label}: chunks cover {volume} of {math.prod(shape)} elements")
+        return cls(shape, dtype, chunks, label)
+
+    def children(self):
+        return [c for _, c in self.chunks]
+
+    def _narrow(self, dim, start, length):
+        stop = start + length
+        kept = []
+        for offsets, chunk in self.chunks:
+            lo, hi = max(start, offsets[dim]), min(stop, offsets[dim] + chunk.shape[dim])
+            if lo < hi:
+                new_offsets = list(offsets)
+                new_offsets[dim] = lo - start
+                kept.append((tuple(new_offsets), chunk.narrow(dim, lo - offsets[dim], hi - lo)))
+        shape = list(self.shape)
+        shape[dim] = length
+        if len(kept) == 1 and all(o == 0 for o in kept[0][0]):
+            return kept[0][1]
+        return Tiled(shape, self.dtype, kept, self.label)
+
+    def fill(self, out):
+        for offsets, chunk in self.chunks:
+            view = out
+            for dim, (o, n) in enumerate(zip(offsets, chunk.shape)):
+                view = view.narrow(dim, o, n)
+            chunk.fill(view)
+
+    def describe(self):
+        return f"{self.label}[{len(self.chunks)} chunks]"

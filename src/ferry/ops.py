@@ -164,22 +164,32 @@ class Transpose(Op):
 
 @dataclass(frozen=True)
 class Resize(Op):
-    """Zero-pad or truncate `dim` from `from_size` to `to_size` (vocabulary padding)."""
+    """Truncate or grow `dim` from `from_size` to `to_size` (vocabulary padding). Growing appends
+    rows of `fill` (a checkpoint's own padding rows, kept on a Megatron -> Megatron reshard), then
+    zeros."""
 
     dim: int
     from_size: int
     to_size: int
+    fill: L.Lazy | None = None
 
     def __call__(self, xs):
         x = self._one(xs)
         self._size(x, self.dim, self.from_size, f"resize to {self.to_size}")
-        if self.to_size >= self.from_size:
-            return [L.Pad(x, self.dim, self.to_size) if self.to_size > self.from_size else x]
-        return [x.narrow(self.dim, 0, self.to_size)]
+        if self.to_size <= self.from_size:
+            return [x.narrow(self.dim, 0, self.to_size)]
+        extra = self.to_size - self.from_size
+        parts = [x]
+        if self.fill is not None and self.fill.shape[self.dim]:
+            rows = min(extra, self.fill.shape[self.dim])
+            parts.append(L.cast(self.fill.narrow(self.dim, 0, rows), x.dtype))
+            extra -= rows
+        grown = L.cat(parts, self.dim)
+        return [L.Pad(grown, self.dim, self.to_size) if extra else grown]
 
     @property
     def inverse(self):
-        return Resize(self.dim, self.to_size, self.from_size)
+        return Resize(self.dim, self.to_size, self.from_size, self.fill)
 
 
 @dataclass(frozen=True)

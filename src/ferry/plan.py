@@ -137,3 +137,29 @@ class Plan:
                     row += f"  <- {t.value.describe()}"
                 lines.append(row)
         return "\n".join(lines)
+
+
+@dataclass
+class TextFile(PlannedFile):
+    path: str
+    text: str
+    tensors: list[PlannedTensor] = field(default_factory=list)
+
+    def write(self, target, stream):
+        target.write_text(self.text)
+
+
+@dataclass
+class TorchArchiveFile(PlannedFile):
+    """A torch.save-compatible archive: `obj` with TensorSlots, the slots' tensors streamed after."""
+
+    path: str
+    obj: object
+    slots: list
+    tensors: list[PlannedTensor]
+
+    def write(self, target, stream):
+        from .io.torch_zip import write_archive
+
+        with open(target, "wb") as f:
+            write_archive(f, self.obj, self.slots, stream(self.tensors), archive=Path(self.path).stem)

@@ -37,6 +37,7 @@ class Geometry:
     pp: int = 1
     vocab_rows: int | None = None  # rows of stored embedding / lm_head (padded vocabulary)
     parallel_embedding: bool = False  # embedding split over tp ranks (TensorRT-LLM option)
+    vocab_fill: Mapping[str, L.Lazy] | None = None  # padding rows to write after the vocabulary
 
     @property
     def padded_vocab(self) -> int:

@@ -66,5 +66,4 @@ def infer(spec: ModelSpec, where: str) -> Family:
 
 
 def _load() -> None:
-    if not _FAMILIES:
-        from . import gpt2, llama  # noqa: F401  (registration happens on import)
+    from . import gpt2, llama  # noqa: F401  (each registers itself on first import)

@@ -46,5 +46,4 @@ def detect(path: Path) -> Format:
 
 
 def _load() -> None:
-    if not _FORMATS:
-        from . import hf, trtllm  # noqa: F401  (registration happens on import)
+    from . import hf, megatron_dist, megatron_legacy, trtllm  # noqa: F401  (each registers itself on first import)

@@ -26,6 +26,8 @@ class Model:
     hf_config: dict | None = None  # the original config.json of an HF source (passed through)
     aux_files: list[Path] = field(default_factory=list)  # tokenizer files and such
     info: dict = field(default_factory=dict)  # format details for `inspect`
+    source_args: dict | None = None  # a Megatron source's args (kept when writing Megatron again)
+    vocab_padding: dict[str, Lazy] = field(default_factory=dict)  # a Megatron source's padding rows
     notes: list[str] = field(default_factory=list)
 
     def close(self) -> None:
@@ -51,9 +53,9 @@ class WriteOptions:
     dtype: torch.dtype | None = None  # None: keep the source dtype
     max_shard_size: int = 5 * 10**9
     parallel_embedding: bool = False
-    megatron_spec: str = "local"  # legacy key names: "local" or "te" (Transformer Engine)
+    megatron_spec: str | None = None  # legacy norm names: "local" or "te"; default: the source's, else local
     make_vocab_size_divisible_by: int = 128
-    iteration: int = 0
+    iteration: int | str | None = None  # Megatron output; default: the source's, else "release"
 
 
 class Format:

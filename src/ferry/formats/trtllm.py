@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 from .. import families
@@ -21,7 +20,8 @@ from ..errors import CheckpointError, SpecError, UnsupportedError
 from ..io import safetensors as st
 from ..ops import Deinterleave, Each, Resize, Unrepeat
 from ..plan import JsonFile, Plan, PlannedTensor, SafetensorsFile
-from ..rules import COLUMN, ROW, Geometry, Rule, bind, check_shape, gather, read_canonical, shard, split_shape, write_stored
+from ..parallel import RankedReader, StageLayout, even_stages, split_to_ranks, stages_from_files
+from ..rules import COLUMN, ROW, Geometry, Rule, bind, read_canonical, write_stored
 from . import register
 from .base import Format, Model, ReadOptions, WriteOptions, cast_float, output_dtype
 from .hf import read_json
@@ -93,8 +93,8 @@ TRTLLM_RULES = (
     Rule("lm_head.weight", "embed.weight", ops=padded_vocab, shard=COLUMN, when=lambda g: g.spec.tie_word_embeddings, copy=True),
 )
 
-_LAYER = re.compile(r"transformer\.layers\.(\d+)\.(.+)")
-FIRST_STAGE = ("transformer.vocab_embedding.", "transformer.position_embedding.")
+LAYOUT = StageLayout(r"transformer\.layers\.(\d+)\.(.+)", "transformer.layers.{layer}.{rest}",
+                     ("transformer.vocab_embedding.", "transformer.position_embedding."))
 ACT_TO_TRT = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 ACT_FROM_TRT = {"silu": "silu", "swiglu": "silu", "gelu": "gelu", "geglu": "gelu", "gelu_new": "gelu_tanh",
                 "gelu_pytorch_tanh": "gelu_tanh", "fast-gelu": "gelu_tanh", "openai-gelu": "gelu_tanh", "relu": "relu"}
@@ -118,18 +118,6 @@ def check_split(spec, tp: int, pp: int) -> None:
         )
 
 
-def stage_of(name: str, stages: list[range]) -> tuple[int, str]:
-    """(pp stage, name inside that stage's files) of a tensor named with a global layer index."""
-    m = _LAYER.fullmatch(name)
-    if m:
-        layer = int(m.group(1))
-        for stage, layers in enumerate(stages):
-            if layer in layers:
-                return stage, f"transformer.layers.{layer - layers.start}.{m.group(2)}"
-        raise CheckpointError(f"layer {layer} is in no pipeline stage")
-    return (0 if name.startswith(FIRST_STAGE) else len(stages) - 1), name
-
-
 class TensorRTLLM(Format):
     name = "trtllm"
     description = "TensorRT-LLM checkpoint (config.json with 'architecture' + rank*.safetensors)"
@@ -151,55 +139,30 @@ class TensorRTLLM(Format):
         tp, pp = layout["tp"], layout["pp"]
         model = Model(spec=spec, tensors={}, format=self.name, path=path, parallel={"tp": tp, "pp": pp})
         try:
-            ranks = self._rank_tensors(path, tp * pp, model)
-            stages = self._stages(ranks, tp, pp, spec.num_layers, path)
-            consumed: set[tuple[int, str]] = set()
-
-            def fetch(name, expected, kind):
-                stage, local = stage_of(name, stages)
-                parts = []
-                for tp_rank in range(tp):
-                    r = stage * tp + tp_rank
-                    if local not in ranks[r]:
-                        raise CheckpointError(f"{path / f'rank{r}.safetensors'}: missing tensor {local}")
-                    consumed.add((r, local))
-                    parts.append(check_shape(ranks[r][local], split_shape(expected, kind, tp), local, path / f"rank{r}.safetensors"))
-                return gather(parts, kind)
-
+            ranks = self._rank_tensors(path, tp, pp, model)
+            label = lambda stage, tp_rank: path / f"rank{stage * tp + tp_rank}.safetensors"  # noqa: E731
+            stages = stages_from_files(LAYOUT, ranks, pp, spec.num_layers, label)
+            reader = RankedReader(ranks, tp, stages, LAYOUT, label)
             geo = Geometry(spec, tp, pp, vocab_rows=math.ceil(spec.vocab_size / tp) * tp, parallel_embedding=layout["parallel_embedding"])
-            model.tensors = read_canonical(bind(TRTLLM_RULES, geo), spec, fetch)
-            for r, tensors in enumerate(ranks):
-                extra = [n for n in tensors if (r, n) not in consumed]
-                if extra:
-                    raise CheckpointError(f"{path / f'rank{r}.safetensors'}: unexpected tensor {extra[0]}")
+            model.tensors = read_canonical(bind(TRTLLM_RULES, geo), spec, reader.fetch)
+            reader.check_all_consumed()
             model.info = {"stages": [[s.start, s.stop] for s in stages], **layout}
             return model
         except BaseException:
             model.close()
             raise
 
-    def _rank_tensors(self, path: Path, world: int, model: Model) -> list[dict]:
-        ranks = []
+    def _rank_tensors(self, path: Path, tp: int, pp: int, model: Model) -> dict[tuple[int, int], dict]:
+        world = tp * pp
+        ranks = {}
         for r in range(world):
             f = path / f"rank{r}.safetensors"
             if not f.is_file():
                 raise CheckpointError(f"{f}: missing (config.json mapping has world_size {world})")
-            ranks.append(st.read_index(model.files.open(f))[0])
+            ranks[(r // tp, r % tp)] = st.read_index(model.files.open(f))[0]
         if (path / f"rank{world}.safetensors").exists():
             raise CheckpointError(f"{path / f'rank{world}.safetensors'}: unexpected (config.json mapping has world_size {world})")
         return ranks
-
-    def _stages(self, ranks: list[dict], tp: int, pp: int, num_layers: int, path: Path) -> list[range]:
-        stages, start = [], 0
-        for stage in range(pp):
-            layers = {int(m.group(1)) for n in ranks[stage * tp] if (m := _LAYER.fullmatch(n))}
-            if layers != set(range(len(layers))):
-                raise CheckpointError(f"{path / f'rank{stage * tp}.safetensors'}: layer numbers {sorted(layers)} are not 0..n-1")
-            stages.append(range(start, start + len(layers)))
-            start += len(layers)
-        if start != num_layers:
-            raise CheckpointError(f"{path}: rank files hold {start} layers, config.json says num_hidden_layers {num_layers}")
-        return stages
 
     # -- writing -------------------------------------------------------------------------------
     def plan(self, model: Model, options: WriteOptions) -> Plan:
@@ -210,18 +173,11 @@ class TensorRTLLM(Format):
         spec = spec.replace(dtype=dtype_name(dtype))
         geo = Geometry(spec, tp, pp, vocab_rows=math.ceil(spec.vocab_size / tp) * tp, parallel_embedding=options.parallel_embedding)
         stored = write_stored(bind(TRTLLM_RULES, geo), model.tensors)
-        per_stage = spec.num_layers // pp
-        stages = [range(s * per_stage, (s + 1) * per_stage) for s in range(pp)]
-        files = []
-        for stage in range(pp):
-            for tp_rank in range(tp):
-                tensors = []
-                for name, (value, kind) in stored.items():
-                    where, local = stage_of(name, stages)
-                    if where == stage:
-                        piece = shard(value, kind, tp, tp_rank, name)
-                        tensors.append(PlannedTensor(local, cast_float(piece, dtype)))
-                files.append(SafetensorsFile(f"rank{stage * tp + tp_rank}.safetensors", tensors))
+        pieces = split_to_ranks(stored, tp, even_stages(spec.num_layers, pp), LAYOUT)
+        files = [
+            SafetensorsFile(f"rank{stage * tp + tp_rank}.safetensors", [PlannedTensor(n, cast_float(t, dtype)) for n, t in tensors])
+            for (stage, tp_rank), tensors in pieces.items()
+        ]
         files.insert(0, JsonFile("config.json", config_for(spec, family, tp, pp, options.parallel_embedding)))
         notes = []
         if spec.activation == "gelu":

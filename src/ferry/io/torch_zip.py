@@ -23,7 +23,7 @@ import zipfile
 import torch
 
 from ..errors import CheckpointError, UnsafePickleError
-from ..lazy import Stored, TensorSource
+from ..lazy import Lazy, Stored, TensorSource
 from .files import FileReader
 
 _STORAGE_DTYPES = {
@@ -306,3 +306,147 @@ def name_tensors(tree, prefix: str = "") -> None:
                 v.source.name = f"{prefix}{k}"
             elif isinstance(v, dict):
                 name_tensors(v, f"{prefix}{k}.")
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+_STORAGE_CLASS = {dt: name for name, dt in _STORAGE_DTYPES.items() if name != "UntypedStorage"}
+ALIGNMENT = 64
+
+
+class TensorSlot:
+    """A placeholder in an object tree for a tensor that is streamed into the archive later."""
+
+    def __init__(self, key: str, shape, dtype: torch.dtype):
+        if dtype not in _STORAGE_CLASS:
+            raise CheckpointError(f"cannot write {dtype} tensors into a torch.save archive")
+        self.key, self.shape, self.dtype = key, tuple(shape), dtype
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * self.dtype.itemsize
+
+
+class _StorageMarker:
+    def __init__(self, slot: TensorSlot):
+        self.slot = slot
+
+
+class _SlotPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, _StorageMarker):
+            s = obj.slot
+            numel = s.nbytes // s.dtype.itemsize
+            return ("storage", getattr(torch, _STORAGE_CLASS[s.dtype]), s.key, "cpu", numel)
+        return None
+
+    def reducer_override(self, obj):
+        if isinstance(obj, TensorSlot):
+            stride, acc = [], 1
+            for d in reversed(obj.shape):
+                stride.append(acc)
+                acc *= max(d, 1)
+            args = (_StorageMarker(obj), 0, obj.shape, tuple(reversed(stride)), False, collections.OrderedDict())
+            return (torch._utils._rebuild_tensor_v2, args)
+        return NotImplemented
+
+
+class _Relative(io.RawIOBase):
+    """A writable view of a file from its current position on, so an archive embedded in a larger
+    file (a .distcp item) has offsets relative to its own start, as torch.save's do."""
+
+    def __init__(self, f):
+        self.f, self.base = f, f.tell()
+
+    def writable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def write(self, b):
+        return self.f.write(b)
+
+    def tell(self):
+        return self.f.tell() - self.base
+
+    def seek(self, offset, whence=0):
+        if whence == 0:
+            return self.f.seek(self.base + offset) - self.base
+        return self.f.seek(offset, whence) - self.base
+
+    def flush(self):
+        self.f.flush()
+
+
+def write_archive(f, obj, slots, tensors, archive: str = "archive") -> int:
+    """Write `obj` (with `TensorSlot`s standing for tensors) as a torch.save archive at the current
+    position of `f`: data.pkl first, then each tensor of `tensors` (in `slots` order) streamed into
+    its own 64-byte aligned record. Returns the archive's length in bytes."""
+    from .files import tensor_buffer
+
+    out = _Relative(f)
+    buf = io.BytesIO()
+    _SlotPickler(buf, protocol=2).dump(obj)
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        _record(zf, out, f"{archive}/data.pkl", buf.getvalue())
+        _record(zf, out, f"{archive}/.format_version", b"1")
+        _record(zf, out, f"{archive}/.storage_alignment", str(ALIGNMENT).encode())
+        _record(zf, out, f"{archive}/byteorder", b"little")
+        count = 0
+        for slot, tensor in zip(slots, tensors):
+            if tuple(tensor.shape) != slot.shape or tensor.dtype != slot.dtype:
+                raise AssertionError(f"record {slot.key}: planned {list(slot.shape)} {slot.dtype}, got {list(tensor.shape)} {tensor.dtype}")
+            _record(zf, out, f"{archive}/data/{slot.key}", tensor_buffer(tensor.contiguous()), slot.nbytes)
+            count += 1
+        if count != len(slots):
+            raise AssertionError(f"planned {len(slots)} tensors, produced {count}")
+        _record(zf, out, f"{archive}/version", b"3\n")
+    return out.tell()
+
+
+def _record(zf: zipfile.ZipFile, out: _Relative, name: str, data, size: int | None = None) -> None:
+    size = len(data) if size is None else size
+    zinfo = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    zinfo.compress_type = zipfile.ZIP_STORED
+    zinfo.file_size = size
+    zip64 = size * 1.05 > zipfile.ZIP64_LIMIT
+    # local header = 30 bytes + name + extra (+ 20 bytes of zip64 sizes); pad extra so data is aligned
+    start = out.tell() + 30 + len(name.encode()) + (20 if zip64 else 0) + 4
+    pad = -start % ALIGNMENT
+    zinfo.extra = struct.pack("<HH", 0x4246, pad) + b"\0" * pad
+    with zf.open(zinfo, "w", force_zip64=zip64) as w:
+        w.write(data)
+
+
+class ArchivedTensor(Lazy):
+    """A tensor saved with torch.save at bytes [start, start+length) of a file (a .distcp item);
+    its archive is opened only when the tensor (or a slice) is needed."""
+
+    def __init__(self, reader: FileReader, start: int, length: int, shape, dtype: torch.dtype, label: str):
+        self.reader, self.start, self.length, self.label = reader, start, length, label
+        self.shape, self.dtype = tuple(shape), dtype
+        self._stored: Stored | None = None
+
+    def _resolve(self) -> Stored:
+        if self._stored is None:
+            if self.start + self.length > self.reader.size:
+                raise CheckpointError(f"{self.reader.path}: truncated: {self.label} needs bytes up to {self.start + self.length}, file has {self.reader.size}")
+            t = load(self.reader, self.start, self.length, label=f"{self.reader.path} ({self.label})")
+            if not isinstance(t, Stored) or tuple(t.shape) != self.shape or t.dtype != self.dtype:
+                raise CheckpointError(f"{self.reader.path}: {self.label} does not hold a {self.dtype} tensor of shape {list(self.shape)}")
+            t.source.name = self.label
+            self._stored = t
+        return self._stored
+
+    def _narrow(self, dim, start, length):
+        return self._resolve().narrow(dim, start, length)
+
+    def fill(self, out):
+        self._resolve().fill(out)
+
+    def describe(self):
+        return f"{self.reader.label}@{self.start}:{self.label}"
