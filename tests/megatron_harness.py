@@ -5,6 +5,8 @@ model construction (tools/megatron_fixture), so the model is built exactly as th
       --ckpt OUT --resave DIR     # strict load_state_dict of each rank's file, then Megatron's own torch_dist save
   python megatron_harness.py forward --config llama4 --ckpt DIST_ITER_DIR --ids ref.pt --out logits.pt
                                    # load a torch_dist iteration dir into a TP=1 model, run the forward
+  python megatron_harness.py export --config llama --ckpt DIST_ITER_DIR --tp 2 --out TRT_DIR
+                                   # ferry.export.write_trtllm on the live model's state_dict() and config
 """
 
 import argparse
@@ -74,9 +76,27 @@ def forward(a):
     torch.save({"logits": logits.float()}, a.out)
 
 
+def export(a):
+    """A live megatron-core GPTModel (TP=1, fixture weights) exported with ferry.export."""
+    import cpu_shims
+    from megatron.core import dist_checkpointing
+
+    from ferry.export import ExportConfig, write_trtllm
+
+    model = setup(a.config, 1, 1)
+    with cpu_shims.cpu_dist_checkpointing():
+        loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, a.ckpt)
+    model.load_state_dict(loaded["model"], strict=False)
+    c = fx.CONFIGS[a.config]
+    write_trtllm(a.out, model.state_dict(), model.config, ExportConfig(inference_tp_size=a.tp, inference_pp_size=a.pp, dtype="float32"),
+                 vocab_size=c["vocab_size"], position_embedding_type=c["position_embedding_type"],
+                 max_position_embeddings=c["max_position_embeddings"], rotary_base=c["rotary_base"],
+                 share_embeddings_and_output_weights=model.share_embeddings_and_output_weights)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["load-legacy", "forward"])
+    p.add_argument("mode", choices=["load-legacy", "forward", "export"])
     p.add_argument("--config", required=True)
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
@@ -86,5 +106,5 @@ if __name__ == "__main__":
     p.add_argument("--out")
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    {"load-legacy": load_legacy, "forward": forward}[a.mode](a)
+    {"load-legacy": load_legacy, "forward": forward, "export": export}[a.mode](a)
     torch.distributed.destroy_process_group()

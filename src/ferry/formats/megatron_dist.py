@@ -11,7 +11,6 @@ tensor costs only that layer's chunks. Writing produces the same structure, one 
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from ..dtypes import dtype_name
 from ..errors import CheckpointError, UnsupportedError
 from ..io import torch_zip
-from ..lazy import Lazy, Squeeze, Tiled, Unsqueeze
+from ..lazy import Lazy, Tiled, Unsqueeze
 from ..plan import JsonFile, Plan, PlannedFile, PlannedTensor, TextFile, TorchArchiveFile
 from ..rules import Geometry, bind, check_shape, read_canonical, shard, write_stored
 from . import register
@@ -29,10 +28,9 @@ from .base import Format, Model, ReadOptions, WriteOptions, cast_float, output_d
 from .hf import read_json
 from .megatron_common import TRACKER, args_for, iteration_dir, iteration_name, padded_vocab_size, spec_from_args
 from .megatron_legacy import check_megatron_split
-from .megatron_names import LAYOUT, LINEARS, RULES, norm_style, vocab_padding
+from .megatron_names import LAYER, LAYOUT, LINEARS, RULES, layer_tensor, norm_style, vocab_padding
 
 METADATA_JSON = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch", "common_backend_version": 1}
-_LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 IGNORED_PREFIXES = ("optimizer.", "rng_state", "rerun_state_machine")
 
 
@@ -64,7 +62,7 @@ class MegatronDist(Format):
             metadata_file = iter_dir / ".metadata"
 
             def fetch(name, expected, _kind):
-                t, key = self._lookup(stored, name, spec.num_layers, metadata_file)
+                t, key = layer_tensor(stored, name, spec.num_layers, metadata_file)
                 consumed.add(key)
                 return check_shape(t, expected, name, metadata_file)
 
@@ -121,19 +119,6 @@ class MegatronDist(Format):
                 raise CheckpointError(f"{label}: {e}") from None
         return tensors
 
-    @staticmethod
-    def _lookup(stored: dict, name: str, num_layers: int, where: Path) -> tuple[Lazy, str]:
-        if name in stored:
-            return stored[name], name
-        m = _LAYER.fullmatch(name)
-        stacked = f"decoder.layers.{m.group(2)}" if m else None
-        if stacked in stored:
-            t = stored[stacked]
-            if t.shape[0] != num_layers:
-                raise CheckpointError(f"{where}: {stacked} stacks {t.shape[0]} layers, args say {num_layers}")
-            return Squeeze(t.narrow(0, int(m.group(1)), 1), 0), stacked
-        raise CheckpointError(f"{where}: missing tensor {stacked or name}")
-
     # -- writing -------------------------------------------------------------------------------
     def plan(self, model: Model, options: WriteOptions) -> Plan:
         spec, tp, pp = model.spec, options.tp, options.pp
@@ -180,7 +165,7 @@ class MegatronDist(Format):
             dim = {"column": 0, "row": 1}.get(kind)
             if dim is not None:
                 offsets[dim] = tp_rank * piece.shape[dim]
-            m = _LAYER.fullmatch(name)
+            m = LAYER.fullmatch(name)
             if m:
                 layer = int(m.group(1))
                 if tp_rank == 0 and layer not in layers_seen:

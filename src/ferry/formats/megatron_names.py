@@ -14,6 +14,10 @@ Transformer Engine, where the norms are fused into the next linear (`linear_qkv.
 
 from __future__ import annotations
 
+import re
+
+from ..errors import CheckpointError
+from ..lazy import Lazy, Squeeze
 from ..ops import Deinterleave, Resize
 from ..parallel import StageLayout
 from ..rules import COLUMN, ROW, Geometry, Rule
@@ -22,6 +26,7 @@ D, C = "decoder.layers.{layer}.", "layers.{layer}."
 QKV = (C + "attn.q.weight", C + "attn.k.weight", C + "attn.v.weight")
 QKV_BIAS = (C + "attn.q.bias", C + "attn.k.bias", C + "attn.v.bias")
 
+LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 LAYOUT = StageLayout(r"decoder\.layers\.(\d+)\.(.+)", "decoder.layers.{layer}.{rest}", ("embedding.",))
 
 NORM_NAMES = {
@@ -122,3 +127,18 @@ def vocab_padding(fetch, spec, padded: int) -> dict:
         full = fetch(stored, (padded, spec.hidden_size), COLUMN)
         out[canonical] = full.narrow(0, spec.vocab_size, padded - spec.vocab_size)
     return out
+
+
+def layer_tensor(stored: dict, name: str, num_layers: int, where) -> tuple[Lazy, str]:
+    """`decoder.layers.<i>.X` from a dict that has it per layer, or stacked as `decoder.layers.X`
+    [L, ...] (torch_dist, and the state dicts NeMo hands to exporters). Returns (tensor, key used)."""
+    if name in stored:
+        return stored[name], name
+    m = LAYER.fullmatch(name)
+    stacked = f"decoder.layers.{m.group(2)}" if m else None
+    if stacked in stored:
+        t = stored[stacked]
+        if t.shape[0] != num_layers:
+            raise CheckpointError(f"{where}: {stacked} stacks {t.shape[0]} layers, the config says {num_layers}")
+        return Squeeze(t.narrow(0, int(m.group(1)), 1), 0), stacked
+    raise CheckpointError(f"{where}: missing tensor {stacked or name}")
