@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -56,7 +57,7 @@ def llama_shape(size_gib: float, hidden: int | None = None, vocab: int = VOCAB):
                       dtype="bfloat16", max_position_embeddings=4096)
 
 
-class Tiled(Lazy):
+class TiledNormal(Lazy):
     """normal(mean, std) values made by tiling a shared block of samples from a per-tensor offset."""
 
     _block: torch.Tensor | None = None
@@ -83,39 +84,49 @@ class Tiled(Lazy):
             out.copy_(target)
 
     def describe(self):
-        return f"tiled(seed={self.seed})"
+        return f"tiled-normal(seed={self.seed})"
 
 
-def tiled_tensors(spec, seed: int = 0) -> dict[str, Lazy]:
+def filled_tensors(spec, seed: int = 0) -> dict[str, Lazy]:
     """Canonical tensors: weights ~ N(0, 0.02), norm weights ~ N(1, 0.2) (as ferry.synthetic)."""
     dtype = getattr(torch, spec.dtype)
     out = {}
     for name, shape in canonical_shapes(spec).items():
         s = seed * 1_000_003 + zlib.crc32(name.encode())
         if "norm" in name:
-            out[name] = Tiled(shape, dtype, s, mean=1.0, std=0.2)
+            out[name] = TiledNormal(shape, dtype, s, mean=1.0, std=0.2)
         else:
-            out[name] = Tiled(shape, dtype, s, std=0.02)
+            out[name] = TiledNormal(shape, dtype, s, std=0.02)
     return out
 
 
-def write_hf(spec, out: Path, max_shard_size: str = "1GB") -> None:
+def write_hf(spec, out: Path, max_shard_size: str = "2GB") -> None:
     """Like ferry.synthetic.write_checkpoint(spec, out, to="hf"), with the faster filler."""
     from ferry.formats.hf import parse_size
 
-    model = Model(spec=spec, tensors=tiled_tensors(spec), format="synthetic", path=out)
+    model = Model(spec=spec, tensors=filled_tensors(spec), format="synthetic", path=out)
     plan = get_format("hf").plan(model, WriteOptions(max_shard_size=parse_size(max_shard_size)))
     execute(plan, out, overwrite=True, progress=False)
 
 
-def make(size_gib: float, out: Path, hidden: int | None = None, max_shard_size: str = "1GB",
+def largest_tensor(spec) -> tuple[str, int]:
+    shapes = canonical_shapes(spec)
+    name = max(shapes, key=lambda n: math.prod(shapes[n]))
+    return name, math.prod(shapes[name]) * getattr(torch, spec.dtype).itemsize
+
+
+def make(size_gib: float, out: Path, hidden: int | None = None, max_shard_size: str = "2GB",
          megatron: bool = True, force: bool = False) -> dict:
-    """Write out/hf (and out/megatron-tp2); existing ones with the same spec are kept unless force."""
+    """Write out/hf (and out/megatron-tp2) and out/info.json; a checkpoint already there with the
+    same spec and shard size is kept unless force. Returns the info (also what info.json holds)."""
     spec = llama_shape(size_gib, hidden)
-    hf, meg = out / "hf", out / "megatron-tp2"
-    stamp = out / "spec.json"
-    wanted = {"size_gib": size_gib, "max_shard_size": max_shard_size, **spec.to_dict()}
-    if force or not stamp.is_file() or json.loads(stamp.read_text()) != json.loads(json.dumps(wanted)):
+    hf, meg, stamp = out / "hf", out / "megatron-tp2", out / "info.json"
+    name, nbytes = largest_tensor(spec)
+    info = {"made_from": f"{size_gib} GiB, shards {max_shard_size}, {spec!r}", "size_gib": size_gib,
+            "max_shard_size": max_shard_size, "spec": spec.to_dict(), "hf": str(hf),
+            "megatron": str(meg) if megatron else None, "largest_tensor": name, "largest_bytes": nbytes}
+    old = json.loads(stamp.read_text()) if stamp.is_file() else {}
+    if force or old.get("made_from") != info["made_from"]:
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     if not (hf / "config.json").is_file():
@@ -127,9 +138,9 @@ def make(size_gib: float, out: Path, hidden: int | None = None, max_shard_size: 
         subprocess.run([sys.executable, "-m", "ferry", "convert", str(hf), str(meg), "--to", "megatron", "--tp", "2",
                         "--quiet"], check=True, stdout=subprocess.DEVNULL)
         print(f"wrote {meg} ({time.perf_counter() - t:.1f} s)", file=sys.stderr)
-    stamp.write_text(json.dumps(wanted, indent=1) + "\n")
-    nbytes = sum(f.stat().st_size for f in hf.glob("*.safetensors"))
-    return {"spec": spec, "hf": hf, "megatron": meg, "bytes": nbytes}
+    info["bytes"] = sum(f.stat().st_size for f in hf.glob("*.safetensors"))
+    stamp.write_text(json.dumps(info, indent=1) + "\n")
+    return info
 
 
 def main() -> None:
@@ -137,14 +148,15 @@ def main() -> None:
     p.add_argument("--size-gib", type=float, required=True, help="target size of the weights in GiB")
     p.add_argument("--out", type=Path, required=True, help="directory for hf/ and megatron-tp2/")
     p.add_argument("--hidden", type=int, help="hidden size (default 2048 below 8 GiB, else 4096)")
-    p.add_argument("--max-shard-size", default="1GB", help="HF shard size (default 1GB)")
+    p.add_argument("--max-shard-size", default="2GB", help="HF shard size (default 2GB)")
     p.add_argument("--no-megatron", action="store_true", help="only the HF checkpoint")
     p.add_argument("--force", action="store_true", help="rewrite even if present")
     a = p.parse_args()
-    made = make(a.size_gib, a.out, a.hidden, a.max_shard_size, not a.no_megatron, a.force)
-    s = made["spec"]
-    print(f"{made['hf']}: {s.num_layers} layers, hidden {s.hidden_size}, heads {s.num_heads}/{s.num_kv_heads}, "
-          f"ffn {s.ffn_hidden_size}, vocab {s.vocab_size}, {made['bytes'] / GiB:.3f} GiB of safetensors")
+    info = make(a.size_gib, a.out, a.hidden, a.max_shard_size, not a.no_megatron, a.force)
+    s = info["spec"]
+    print(f"{info['hf']}: {s['num_layers']} layers, hidden {s['hidden_size']}, heads {s['num_heads']}/{s['num_kv_heads']}, "
+          f"ffn {s['ffn_hidden_size']}, vocab {s['vocab_size']}, {info['bytes'] / GiB:.3f} GiB of safetensors; "
+          f"largest tensor {info['largest_tensor']} {info['largest_bytes'] / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":

@@ -63,3 +63,8 @@ def test_byte_range_only_for_contiguous_regions(tmp_path):
     assert leaf.narrow(0, 2, 3).byte_range() == (base + 2 * 16, 3 * 16)
     assert leaf.narrow(0, 1, 1).narrow(1, 1, 2).byte_range() == (base + 16 + 4, 8)
     assert leaf.narrow(1, 0, 2).byte_range() is None
+
+
+def test_empty_narrow_is_an_empty_tensor():
+    x = L.Cat([L.Const(torch.ones(2, 3)), L.Const(torch.zeros(1, 3))], 0)
+    assert x.narrow(0, 3, 0).materialize().shape == (0, 3)

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--parallel-embedding", action="store_true", help="TensorRT-LLM: split the vocab embedding over tp")
     c.add_argument("--vocab-size", type=int, help="true vocabulary size when the source does not record it")
     c.add_argument("--threads", type=int, default=4, help="read-ahead threads (default 4)")
-    c.add_argument("--max-memory", default="2GiB", help="bytes of tensors read ahead at most (default 2GiB)")
+    c.add_argument("--max-memory", default="512MiB", help="bytes of tensors read ahead at most (default 512MiB)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     i = sub.add_parser("inspect", help="describe a checkpoint")

@@ -17,7 +17,7 @@ import torch
 from .errors import OutputExistsError
 from .plan import Plan, PlannedTensor
 
-DEFAULT_MAX_MEMORY = 2 * 1024**3
+DEFAULT_MAX_MEMORY = 512 * 1024**2  # read-ahead; one larger tensor still goes through alone
 
 
 def check_output(out: Path, overwrite: bool) -> None:

@@ -49,6 +49,8 @@ class Lazy:
             raise ValueError(f"narrow({dim}, {start}, {length}) out of range for shape {list(self.shape)}")
         if start == 0 and length == self.shape[dim]:
             return self
+        if length == 0:
+            return Zeros(self.shape[:dim] + (0,) + self.shape[dim + 1:], self.dtype)
         return self._narrow(dim, start, length)
 
     def _narrow(self, dim: int, start: int, length: int) -> Lazy:
