@@ -188,7 +188,7 @@ def machine(bench_dir: Path) -> dict:
         "mem_total": meminfo.get("MemTotal"),
         "mem_available": meminfo.get("MemAvailable"),
         "disk": sh("df", "-h", str(bench_dir)),
-        "filesystem": sh("df", "--output=fstype", str(bench_dir)).splitlines()[-1:],
+        "filesystem": (sh("df", "--output=fstype", str(bench_dir)).splitlines() or [""])[-1],
         "kernel": platform.release(),
         "python": platform.python_version(),
         "torch": version("torch"),
@@ -203,7 +203,7 @@ def machine_text(m: dict) -> str:
     return "\n".join([
         f"- CPU: {m['cpu']}, {m['cpus_listed']} logical CPUs in /proc/cpuinfo, nproc {m['nproc']}",
         f"- RAM: {m['mem_total']} total, {m['mem_available']} available at start",
-        f"- Disk: filesystem {' '.join(m['filesystem'])}",
+        f"- Disk: filesystem {m['filesystem']}",
         "",
         "```",
         m["disk"],
@@ -361,7 +361,8 @@ def main() -> int:
     report = (
         "\n\n".join(sections)
         + f"\n\nMedians of {a.runs} timed runs, after one untimed warm-up run of every task; peak RSS is the largest "
-        "ru_maxrss over the timed runs. Wall time includes Python start-up and imports (see the startup row).\n\n"
+        "ru_maxrss over the timed runs. Wall time includes Python start-up and imports (the main table's startup "
+        "row measures those alone).\n\n"
         f"## Machine\n\n{machine_text(facts)}\n\n## Command\n\n```\n{command}\n```\n\nStarted {started}.\n"
     )
     print(report)

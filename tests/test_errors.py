@@ -101,7 +101,7 @@ def test_existing_output_is_refused_unless_overwrite(gqa, tmp_path):
 def test_usage_error_is_one_line(gqa, tmp_path):
     code, _, stderr = run("convert", gqa, tmp_path / "out", "--to", "onnx")
     assert code == 2
-    assert stderr == ("ferry: error: argument --to: invalid choice: 'onnx' (choose from 'hf', 'trtllm') "
+    assert stderr == ("ferry: error: argument --to: invalid choice: 'onnx' (choose from 'hf', 'megatron', 'megatron-dist', 'trtllm') "
                       "(see 'ferry convert --help')\n")
 
 

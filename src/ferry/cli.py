@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert a checkpoint to another format")
     c.add_argument("src", help="source checkpoint directory (format and family detected)")
     c.add_argument("out", help="output directory (created atomically)")
-    c.add_argument("--to", required=True, choices=formats.names(), help="output format")
+    c.add_argument("--to", required=True, choices=sorted(formats.names()), help="output format")
     c.add_argument("--tp", type=int, default=1, help="tensor-parallel size of the output")
     c.add_argument("--pp", type=int, default=1, help="pipeline-parallel size of the output")
     c.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="output dtype (default: the source's)")
