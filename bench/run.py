@@ -262,25 +262,29 @@ def main_table(tasks: list[dict], info: dict) -> str:
     return "\n".join(rows)
 
 
-def scaling_table(points: list[dict]) -> str:
+def scaling_table(points: list[dict], startup: dict) -> str:
     rows = [
-        "| size GiB | layers | median s | min-max s | s per GiB | time vs smallest | cp median s | vs cp "
-        "| peak RSS MiB | RSS vs smallest | bound MiB |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| size GiB | layers | median s | min-max s | time vs smallest | minus startup s | that vs smallest "
+        "| cp median s | vs cp | peak RSS MiB | RSS vs smallest | bound MiB |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    start_s = summary(startup)["median_s"]
     base = summary(points[0]["ferry"])
+    base_work = None if base["median_s"] is None else base["median_s"] - start_s
     for p in points:
         r, c, info = summary(p["ferry"]), summary(p["cp"]), p["info"]
-        gib = info["bytes"] / GiB
+        work = None if r["median_s"] is None else r["median_s"] - start_s
         rows.append(
-            f"| {gib:.2f} | {info['spec']['num_layers']} | {num(r['median_s'])} | {num(r['min_s'])}-{num(r['max_s'])} | "
-            f"{num(r['median_s'] / gib if r['median_s'] else None)} | {ratio(r['median_s'], base['median_s'])} | "
-            f"{num(c['median_s'])} | {ratio(r['median_s'], c['median_s'])} | {num(r['rss_mib'], '.0f')} | "
-            f"{ratio(r['rss_mib'], base['rss_mib'])} | {info['bound_bytes'] / MiB:.0f} |"
+            f"| {info['bytes'] / GiB:.2f} | {info['spec']['num_layers']} | {num(r['median_s'])} | "
+            f"{num(r['min_s'])}-{num(r['max_s'])} | {ratio(r['median_s'], base['median_s'])} | {num(work)} | "
+            f"{ratio(work, base_work)} | {num(c['median_s'])} | {ratio(r['median_s'], c['median_s'])} | "
+            f"{num(r['rss_mib'], '.0f')} | {ratio(r['rss_mib'], base['rss_mib'])} | {info['bound_bytes'] / MiB:.0f} |"
         )
     first = points[0]["info"]
     rows += [
         "",
+        f"Startup alone (`{startup['command']}`): median {num(start_s)} s, peak RSS "
+        f"{num(summary(startup)['rss_mib'], '.0f')} MiB; \"minus startup\" subtracts it from the ferry median.",
         f"Task: `{points[0]['ferry']['command']}` (and `cp` of the same directory), at each size.",
         f"Same hidden size ({first['spec']['hidden_size']}) at every size, only the layer count grows, so the largest "
         f"tensor ({first['largest_tensor']}, {first['largest_bytes'] / MiB:.1f} MiB) is the same: peak RSS should "
@@ -314,6 +318,9 @@ def one_model(a, scratch: Path, cp: list[str]) -> tuple[str, dict]:
 
 def scaling(a, scratch: Path, cp: list[str]) -> tuple[str, dict]:
     hidden = a.hidden or 2048
+    startup = {"key": "startup", "name": "python -c 'import ferry.cli' (startup only)",
+               "argv": lambda out: [PY, "-c", "import ferry.cli"]}
+    run_tasks([startup], scratch, a.runs)
     points = []
     for size in a.sizes:
         info = checkpoint(size, HERE / "out" / f"scaling-h{hidden}-{size:g}g", hidden, megatron=False)
@@ -327,7 +334,7 @@ def scaling(a, scratch: Path, cp: list[str]) -> tuple[str, dict]:
         run_tasks(tasks, scratch, a.runs)
         points.append({"info": info, "cp": tasks[0], "ferry": tasks[1]})
     raw = [{"checkpoint": p["info"], "cp": saved(p["cp"]), "ferry": saved(p["ferry"])} for p in points]
-    return scaling_table(points), {"points": raw}
+    return scaling_table(points, startup), {"startup": saved(startup), "points": raw}
 
 
 def main() -> int:
