@@ -170,3 +170,30 @@ def test_pytorch_bin_source(models, tmp_path):
     ferry.convert(tmp_path / "bin", tmp_path / "st", to="hf")
     original = safetensors_dir(models["gqa"])
     assert all(torch.equal(original[n], t) for n, t in safetensors_dir(tmp_path / "st").items())
+
+
+def test_byte_copies_without_copy_file_range(models, tmp_path, monkeypatch):
+    """Unchanged tensors are copied file to file (copy_file_range); the read+write fallback for
+    systems without it gives the same bytes, vocab zero padding included."""
+    import os
+
+    ferry.convert(models["tied"], tmp_path / "fast", to="trtllm", tp=2)
+    monkeypatch.delattr(os, "copy_file_range")
+    ferry.convert(models["tied"], tmp_path / "slow", to="trtllm", tp=2)
+    for r in (0, 1):
+        assert (tmp_path / "fast" / f"rank{r}.safetensors").read_bytes() == (tmp_path / "slow" / f"rank{r}.safetensors").read_bytes()
+
+
+def test_which_tensors_move_as_bytes(models):
+    """Column splits, fused qkv and padded heads are runs of source bytes; row splits and casts are not."""
+    import ferry.formats as F
+    from ferry.formats.base import WriteOptions
+
+    with ferry.read(models["gqa"]) as model:
+        plan = F.get("trtllm").plan(model, WriteOptions(tp=2))
+        rank1 = {t.name: t.value for t in next(f for f in plan.files if f.path == "rank1.safetensors").tensors}
+        assert rank1["transformer.layers.0.attention.qkv.weight"].byte_runs() is not None
+        assert rank1["lm_head.weight"].byte_runs()[-1][0] is None  # the zero padding row
+        assert rank1["transformer.layers.0.attention.dense.weight"].byte_runs() is None  # [H, q/2]: strided
+        plan16 = F.get("trtllm").plan(model, WriteOptions(tp=2, dtype=torch.float16))
+        assert all(t.value.byte_runs() is None for f in plan16.files for t in f.tensors)

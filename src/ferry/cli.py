@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 
@@ -121,3 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         print("ferry: internal error (a bug in ferry; please report it with the traceback above)", file=sys.stderr)
         return 1
+
+
+def entry() -> None:
+    """Console script: run, flush, and leave without the interpreter's teardown (unloading torch
+    takes longer than most small conversions; every file is already closed and renamed)."""
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -46,6 +46,3 @@ def dtype_from_name(name: str, where: str = "dtype") -> torch.dtype:
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
-
-def element_size(dtype: torch.dtype) -> int:
-    return torch.empty((), dtype=dtype).element_size()

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .errors import OutputExistsError
+from .io.files import Runs
 from .plan import Plan, PlannedTensor
 
 DEFAULT_MAX_MEMORY = 512 * 1024**2  # read-ahead; one larger tensor still goes through alone
@@ -27,19 +28,24 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 class Materializer:
     """Yields the tensors of a list in order, computing up to `threads` ahead while their bytes
-    stay under `max_memory` (one tensor larger than the budget still goes through, alone)."""
+    stay under `max_memory` (one tensor larger than the budget still goes through, alone). With
+    `runs_ok`, a tensor whose bytes are runs of source files is yielded as `Runs`, unread."""
 
-    def __init__(self, threads: int = 4, max_memory: int = DEFAULT_MAX_MEMORY, on_bytes=None):
+    def __init__(self, threads: int = 4, max_memory: int = DEFAULT_MAX_MEMORY):
         self.threads = max(1, threads)
         self.max_memory = max_memory
-        self.on_bytes = on_bytes
 
-    def __call__(self, tensors: Sequence[PlannedTensor]) -> Iterator[torch.Tensor]:
+    def __call__(self, tensors: Sequence[PlannedTensor], runs_ok: bool = False) -> Iterator[torch.Tensor | Runs]:
+        def job(planned: PlannedTensor):
+            runs = planned.value.byte_runs() if runs_ok else None
+            return Runs(runs, planned.nbytes) if runs is not None else planned.value.materialize
+
         if self.threads == 1:
-            for t in tensors:
-                yield t.value.materialize()
+            for planned in tensors:
+                item = job(planned)
+                yield item if isinstance(item, Runs) else item()
             return
-        pending: collections.deque[tuple[PlannedTensor, Future]] = collections.deque()
+        pending: collections.deque[tuple[int, Future | Runs]] = collections.deque()
         in_flight = 0
         todo = iter(tensors)
         with ThreadPoolExecutor(self.threads, thread_name_prefix="ferry-read") as pool:
@@ -49,17 +55,20 @@ class Materializer:
                     while nxt is not None and len(pending) < self.threads and (
                         not pending or in_flight + nxt.nbytes <= self.max_memory
                     ):
-                        pending.append((nxt, pool.submit(nxt.value.materialize)))
-                        in_flight += nxt.nbytes
+                        item = job(nxt)
+                        cost = 0 if isinstance(item, Runs) else nxt.nbytes
+                        pending.append((cost, item if isinstance(item, Runs) else pool.submit(item)))
+                        in_flight += cost
                         nxt = next(todo, None)
-                    planned, future = pending.popleft()
-                    tensor = future.result()
-                    in_flight -= planned.nbytes
-                    yield tensor
-                    del tensor, future
+                    cost, item = pending.popleft()
+                    value = item if isinstance(item, Runs) else item.result()
+                    in_flight -= cost
+                    yield value
+                    del value, item
             finally:
-                for _, f in pending:
-                    f.cancel()
+                for _, item in pending:
+                    if isinstance(item, Future):
+                        item.cancel()
 
 
 def execute(plan: Plan, out: Path, *, overwrite: bool = False, progress: bool = True,
@@ -76,8 +85,8 @@ def execute(plan: Plan, out: Path, *, overwrite: bool = False, progress: bool = 
             target = tmp / f.path
             target.parent.mkdir(parents=True, exist_ok=True)
 
-            def counted(tensors, _stream=stream):
-                for planned, t in zip(tensors, _stream(tensors)):
+            def counted(tensors, runs_ok=False, _stream=stream):
+                for planned, t in zip(tensors, _stream(tensors, runs_ok)):
                     yield t
                     bar.update(planned.nbytes)
 

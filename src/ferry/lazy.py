@@ -30,7 +30,7 @@ class Lazy:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+        return self.numel * self.dtype.itemsize
 
     # -- evaluation ------------------------------------------------------------------------
     def materialize(self) -> torch.Tensor:
@@ -58,6 +58,12 @@ class Lazy:
 
     def children(self) -> Sequence[Lazy]:
         return ()
+
+    def byte_runs(self) -> list[tuple[object, int, int]] | None:
+        """This tensor's bytes as consecutive runs (file reader, offset, length) of stored data,
+        a reader of None meaning zeros; None when its value has to be computed. Lets a writer
+        copy file to file without the bytes ever entering this process."""
+        return None
 
     def leaves(self) -> Iterator[Stored]:
         for child in self.children():
@@ -133,12 +139,18 @@ class Stored(Lazy):
         partial = [i for i, ((lo, hi), n) in enumerate(zip(self.region, src.shape)) if (hi - lo) != n]
         if partial and any((hi - lo) != 1 for lo, hi in self.region[: partial[-1]]):
             return None
-        esize = torch.empty((), dtype=src.dtype).element_size()
+        esize = src.dtype.itemsize
         start = sum(lo * st for (lo, _), st in zip(self.region, src.stride))
         return src.offset + start * esize, self.numel * esize
 
     def leaves(self):
         yield self
+
+    def byte_runs(self):
+        byte_range = self.byte_range()
+        if byte_range is None or not hasattr(self.source.reader, "fileno"):
+            return None
+        return [(self.source.reader, *byte_range)]
 
     def describe(self):
         return f"{self.source!r}{_region_text(self.region, self.source.shape)}"
@@ -175,6 +187,9 @@ class Zeros(Lazy):
 
     def fill(self, out):
         out.zero_()
+
+    def byte_runs(self):
+        return [(None, 0, self.nbytes)]
 
     def describe(self):
         return f"zeros{list(self.shape)}"
@@ -219,6 +234,9 @@ class Cat(Lazy):
         for p in self.parts:
             p.fill(out.narrow(self.dim, offset, p.shape[self.dim]))
             offset += p.shape[self.dim]
+
+    def byte_runs(self):
+        return _concatenated_runs(self.shape, self.dim, self.parts)
 
     def describe(self):
         return f"cat{self.dim}(" + ", ".join(p.describe() for p in self.parts) + ")"
@@ -269,6 +287,9 @@ class Unsqueeze(Lazy):
     def fill(self, out):
         self.x.fill(out.squeeze(self.dim))
 
+    def byte_runs(self):
+        return self.x.byte_runs()
+
     def describe(self):
         return f"unsqueeze{self.dim}({self.x.describe()})"
 
@@ -290,6 +311,9 @@ class Squeeze(Lazy):
 
     def fill(self, out):
         self.x.fill(out.unsqueeze(self.dim))
+
+    def byte_runs(self):
+        return self.x.byte_runs()
 
     def describe(self):
         return f"squeeze{self.dim}({self.x.describe()})"
@@ -329,6 +353,11 @@ class Pad(Lazy):
         n = self.x.shape[self.dim]
         self.x.fill(out.narrow(self.dim, 0, n))
         out.narrow(self.dim, n, self.shape[self.dim] - n).zero_()
+
+    def byte_runs(self):
+        zeros = list(self.shape)
+        zeros[self.dim] -= self.x.shape[self.dim]
+        return _concatenated_runs(self.shape, self.dim, [self.x, Zeros(zeros, self.dtype)])
 
     def describe(self):
         return f"pad{self.dim}:{self.shape[self.dim]}({self.x.describe()})"
@@ -371,6 +400,19 @@ class Narrowed(Lazy):
 
     def describe(self):
         return f"{self.x.describe()}.narrow({self.dim},{self.start},{self.length})"
+
+
+def _concatenated_runs(shape, dim: int, parts: Sequence[Lazy]):
+    """Parts joined on `dim` lie one after another in memory when every dim before it is 1."""
+    if math.prod(shape[:dim]) != 1:
+        return None
+    runs = []
+    for p in parts:
+        r = p.byte_runs()
+        if r is None:
+            return None
+        runs.extend(r)
+    return runs
 
 
 def cast(x: Lazy, dtype: torch.dtype) -> Lazy:
@@ -432,6 +474,15 @@ class Tiled(Lazy):
             for dim, (o, n) in enumerate(zip(offsets, chunk.shape)):
                 view = view.narrow(dim, o, n)
             chunk.fill(view)
+
+    def byte_runs(self):
+        # chunks stacked along one dim (whole in every other) are a concatenation
+        split = [d for d in range(self.ndim) if any(c.shape[d] != self.shape[d] for _, c in self.chunks)]
+        if len(split) > 1:
+            return None
+        dim = split[0] if split else 0
+        ordered = [c for _, c in sorted(self.chunks, key=lambda oc: oc[0][dim])]
+        return _concatenated_runs(self.shape, dim, ordered)
 
     def describe(self):
         return f"{self.label}[{len(self.chunks)} chunks]"

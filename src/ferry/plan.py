@@ -35,7 +35,8 @@ class PlannedTensor:
         return self.value.nbytes
 
 
-TensorStream = Callable[[Sequence[PlannedTensor]], Iterator[torch.Tensor]]
+# (tensors, runs_ok) -> their values in order; with runs_ok, unread `Runs` where bytes only move
+TensorStream = Callable[..., Iterator]
 
 
 class PlannedFile:
@@ -57,7 +58,7 @@ class SafetensorsFile(PlannedFile):
 
     def write(self, target, stream):
         entries = [st.Entry(t.name, t.shape, t.dtype) for t in self.tensors]
-        st.write(target, entries, stream(self.tensors), self.metadata)
+        st.write(target, entries, stream(self.tensors, True), self.metadata)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 from ..dtypes import CODE_OF, SAFETENSORS_CODES
 from ..errors import CheckpointError
 from ..lazy import Stored, TensorSource
-from .files import FileReader, tensor_buffer
+from .files import FileReader, Runs, _write_all, tensor_buffer
 
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -52,7 +52,7 @@ def read_index(reader: FileReader) -> tuple[dict[str, Stored], dict[str, str]]:
         if code not in SAFETENSORS_CODES:
             raise CheckpointError(f"{where}: tensor {name}: unsupported dtype {code!r}")
         dtype = SAFETENSORS_CODES[code]
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * dtype.itemsize
         if any(d < 0 for d in shape) or end - begin != nbytes or begin < 0:
             raise CheckpointError(
                 f"{where}: tensor {name}: data_offsets [{begin}, {end}] do not hold a {code} tensor of shape {shape} ({nbytes} bytes)"
@@ -78,7 +78,7 @@ class Entry:
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 def header_bytes(entries: Sequence[Entry], metadata: dict[str, str] | None = None) -> bytes:
@@ -92,18 +92,22 @@ def header_bytes(entries: Sequence[Entry], metadata: dict[str, str] | None = Non
     return struct.pack("<Q", len(raw)) + raw
 
 
-def write(path: Path, entries: Sequence[Entry], tensors: Iterable[torch.Tensor], metadata=None, on_bytes=None) -> None:
-    """Write the header for `entries`, then each tensor of `tensors` in the same order."""
-    with open(path, "wb") as f:
+def write(path: Path, entries: Sequence[Entry], tensors: Iterable, metadata=None) -> None:
+    """Write the header for `entries`, then each tensor of `tensors` in the same order; an item
+    may also be a `Runs` (bytes to copy straight from source files)."""
+    with open(path, "wb", buffering=0) as f:
         f.write(header_bytes(entries, metadata))
         count = 0
         for entry, t in zip(entries, tensors):
-            if tuple(t.shape) != entry.shape or t.dtype != entry.dtype:
-                raise AssertionError(f"{entry.name}: planned {list(entry.shape)} {entry.dtype}, produced {list(t.shape)} {t.dtype}")
-            f.write(tensor_buffer(t.contiguous()))
+            if isinstance(t, Runs):
+                if t.nbytes != entry.nbytes:
+                    raise AssertionError(f"{entry.name}: planned {entry.nbytes} bytes, runs have {t.nbytes}")
+                t.copy_to(f.fileno())
+            else:
+                if tuple(t.shape) != entry.shape or t.dtype != entry.dtype:
+                    raise AssertionError(f"{entry.name}: planned {list(entry.shape)} {entry.dtype}, produced {list(t.shape)} {t.dtype}")
+                _write_all(f.fileno(), tensor_buffer(t.contiguous()))
             count += 1
-            if on_bytes:
-                on_bytes(entry.nbytes)
             del t
         if count != len(entries):
             raise AssertionError(f"{path.name}: planned {len(entries)} tensors, produced {count}")

@@ -448,5 +448,8 @@ class ArchivedTensor(Lazy):
     def fill(self, out):
         self._resolve().fill(out)
 
+    def byte_runs(self):
+        return self._resolve().byte_runs()
+
     def describe(self):
         return f"{self.reader.label}@{self.start}:{self.label}"
