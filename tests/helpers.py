@@ -90,6 +90,12 @@ def safetensors_dir(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def safetensors_file(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
 def run(*args: str) -> tuple[int, str, str]:
     """ferry's CLI in-process: (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()

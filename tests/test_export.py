@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ferry.export import ExportConfig, ExportConfigError, trtllm_weights, write_trtllm
-from helpers import ferry_logits, safetensors_dir
+from helpers import ferry_logits, safetensors_file
 
 DATA = Path(__file__).parent / "data" / "megatron"
 FACTS = {
@@ -58,15 +58,10 @@ def test_in_memory_weights_equal_the_written_files_and_stacked_input(tmp_path):
     written = json.loads((tmp_path / "trt" / "config.json").read_text())
     assert {k: v for k, v in configs[0].items() if k != "mapping"} == {k: v for k, v in written.items() if k != "mapping"}
     for r, w in enumerate(weights):
-        on_disk = safetensors_dir_file(tmp_path / "trt" / f"rank{r}.safetensors")
+        on_disk = safetensors_file(tmp_path / "trt" / f"rank{r}.safetensors")
         assert w.keys() == on_disk.keys()
         assert all(torch.equal(w[k], on_disk[k]) and w[k].dtype == torch.bfloat16 for k in w)
 
-
-def safetensors_dir_file(path):
-    from safetensors.torch import load_file
-
-    return load_file(path)
 
 
 def test_kv_groups_that_tp_cannot_split():

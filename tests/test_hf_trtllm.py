@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ferry
-from helpers import ferry_logits, hf_logits, input_ids, read_config, safetensors_dir
+from helpers import ferry_logits, hf_logits, input_ids, read_config, safetensors_dir, safetensors_file
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +35,7 @@ def test_hf_to_trtllm_per_rank_logits_match_transformers(models, reference, tmp_
 
 def test_trtllm_per_rank_shapes_with_kv_duplication(models, tmp_path):
     ferry.convert(models["gqa"], tmp_path / "t", to="trtllm", tp=4, pp=2)  # 8 heads, 2 kv heads, head_dim 8
-    ranks = [safetensors_dir_file(tmp_path / "t" / f"rank{r}.safetensors") for r in range(8)]
+    ranks = [safetensors_file(tmp_path / "t" / f"rank{r}.safetensors") for r in range(8)]
     for r in range(8):
         t = ranks[r]
         assert t["transformer.layers.0.attention.qkv.weight"].shape == (8 * (2 + 2), 64)  # 2 q + 1 k + 1 v heads
@@ -53,11 +53,6 @@ def test_trtllm_per_rank_shapes_with_kv_duplication(models, tmp_path):
     assert torch.equal(ranks[0]["transformer.layers.0.attention.dense.bias"], ranks[3]["transformer.layers.0.attention.dense.bias"])
 
 
-def safetensors_dir_file(path):
-    from safetensors.torch import load_file
-
-    return load_file(path)
-
 
 @pytest.mark.parametrize("model", ["gqa", "mha", "tied", "gpt2"])
 def test_trtllm_round_trip_is_bit_exact(models, tmp_path, model):
@@ -72,7 +67,7 @@ def test_trtllm_round_trip_is_bit_exact(models, tmp_path, model):
 def test_tied_embeddings_become_an_explicit_lm_head(models, tmp_path):
     ferry.convert(models["tied"], tmp_path / "trt", to="trtllm", tp=2)
     embed = safetensors_dir(models["tied"])["model.embed_tokens.weight"]  # [101, 64]
-    heads = [safetensors_dir_file(tmp_path / "trt" / f"rank{r}.safetensors")["lm_head.weight"] for r in (0, 1)]
+    heads = [safetensors_file(tmp_path / "trt" / f"rank{r}.safetensors")["lm_head.weight"] for r in (0, 1)]
     padded = torch.cat(heads)
     assert padded.shape == (102, 64) and torch.equal(padded[:101], embed) and torch.all(padded[101] == 0)
     assert read_config(tmp_path / "trt")["tie_word_embeddings"] is True
@@ -89,7 +84,7 @@ def test_gpt2_to_trtllm_matches_transformers(models, reference, tmp_path):
 
 def test_parallel_embedding(models, reference, tmp_path):
     ferry.convert(models["gpt2"], tmp_path / "trt", to="trtllm", tp=2, parallel_embedding=True)
-    rank1 = safetensors_dir_file(tmp_path / "trt" / "rank1.safetensors")
+    rank1 = safetensors_file(tmp_path / "trt" / "rank1.safetensors")
     assert rank1["transformer.vocab_embedding.weight"].shape == (49, 64)  # 97 -> 98 rows, 49 per rank
     assert rank1["transformer.position_embedding.weight"].shape == (32, 64)
     ids, expected = reference["gpt2"]
@@ -123,7 +118,7 @@ def test_cast_equals_tensor_to(models, tmp_path, dtype, torch_dtype):
     ferry.convert(models["gqa"], tmp_path / "t", to="trtllm", tp=2, dtype=dtype)
     assert read_config(tmp_path / "t")["dtype"] == dtype
     q = original["model.layers.0.self_attn.q_proj.weight"].to(torch_dtype)
-    rank0 = safetensors_dir_file(tmp_path / "t" / "rank0.safetensors")
+    rank0 = safetensors_file(tmp_path / "t" / "rank0.safetensors")
     assert torch.equal(rank0["transformer.layers.0.attention.qkv.weight"][:32], q[:32])
 
 

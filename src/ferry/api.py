@@ -45,13 +45,15 @@ def convert(
     progress: bool = False,
     threads: int = 4,
     max_memory: int = DEFAULT_MAX_MEMORY,
+    megatron_layer_spec: str | None = None,
+    make_vocab_size_divisible_by: int = 128,
 ) -> Plan:
     """Convert the checkpoint at `src` to format `to` in directory `out`.
 
     Args:
         src: checkpoint directory (format and model family are detected).
         out: output directory; it appears only when complete.
-        to: "hf" or "trtllm".
+        to: "hf", "trtllm", "megatron" (legacy mp_rank_* files) or "megatron-dist" (torch_dist).
         tp, pp: tensor / pipeline parallel sizes of the output (sharded formats).
         dtype: output dtype ("float32", "float16", "bfloat16"); default: the source's.
         dry_run: plan only; nothing is read beyond headers and nothing is written.
@@ -61,6 +63,8 @@ def convert(
         vocab_size: true vocabulary when the source does not record it.
         progress: show a progress bar (bytes).
         threads, max_memory: read-ahead threads and the bytes they may hold.
+        megatron_layer_spec: Megatron legacy output key names, "local" or "te" (Transformer Engine).
+        make_vocab_size_divisible_by: Megatron output vocabulary padding (times tp), as in Megatron-LM.
 
     Returns:
         The executed (or, with dry_run, the planned) `Plan`.
@@ -80,6 +84,8 @@ def convert(
         dtype=None if dtype is None else (dtype if isinstance(dtype, torch.dtype) else dtype_from_name(dtype, "--dtype")),
         max_shard_size=parse_size(max_shard_size),
         parallel_embedding=parallel_embedding,
+        megatron_spec=megatron_layer_spec,
+        make_vocab_size_divisible_by=make_vocab_size_divisible_by,
     )
     with read(src, vocab_size=vocab_size) as model:
         plan = fmt.plan(model, options)

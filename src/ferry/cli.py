@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--max-shard-size", default="5GB", help="largest Hugging Face shard (default 5GB)")
     c.add_argument("--parallel-embedding", action="store_true", help="TensorRT-LLM: split the vocab embedding over tp")
     c.add_argument("--vocab-size", type=int, help="true vocabulary size when the source does not record it")
+    c.add_argument("--megatron-layer-spec", choices=["local", "te"],
+                   help="Megatron legacy output: norm key names of the local or Transformer Engine layer spec "
+                        "(default: the source's, else local)")
+    c.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                   help="Megatron output: vocabulary padded to a multiple of this times tp (default 128)")
     c.add_argument("--threads", type=int, default=4, help="read-ahead threads (default 4)")
     c.add_argument("--max-memory", default="512MiB", help="bytes of tensors read ahead at most (default 512MiB)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -66,6 +71,7 @@ def _convert(a) -> int:
         a.src, a.out, to=a.to, tp=a.tp, pp=a.pp, dtype=a.dtype, dry_run=a.dry_run, overwrite=a.overwrite,
         max_shard_size=a.max_shard_size, parallel_embedding=a.parallel_embedding, vocab_size=a.vocab_size,
         progress=not a.quiet and sys.stderr.isatty(), threads=a.threads, max_memory=parse_size(a.max_memory),
+        megatron_layer_spec=a.megatron_layer_spec, make_vocab_size_divisible_by=a.make_vocab_size_divisible_by,
     )
     for note in plan.notes:
         print(f"ferry: note: {note}", file=sys.stderr)

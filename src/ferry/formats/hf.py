@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 from .. import families
-from ..canonical import canonical_shapes
 from ..errors import CheckpointError, FerryError
 from ..io import safetensors as st
 from ..io import torch_zip

@@ -11,7 +11,6 @@ tensor costs only that layer's chunks. Writing produces the same structure, one 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 

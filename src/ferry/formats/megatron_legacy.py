@@ -164,19 +164,21 @@ class MegatronLegacy(Format):
 
 
 def with_extra_states(tensors, norms: str, last_stage: bool):
-    """The rank's tensors with a `<module>._extra_state: None` after each linear module, as
-    Megatron's state_dict has them (a strict load_state_dict wants those keys)."""
-    modules = []
-    for name, value in tensors:
+    """The rank's tensors with `<module>._extra_state: None` after each linear module's last
+    tensor, as Megatron's state_dict has them (a strict load_state_dict wants those keys)."""
+    tensors = list(tensors)
+    last = {}
+    for i, (name, _) in enumerate(tensors):
         module = name.rsplit(".", 1)[0]
-        if modules and modules[-1] != module and modules[-1].endswith(LINEARS):
-            yield f"{modules[-1]}._extra_state", None
-            if norms == "te" and modules[-1].endswith("self_attention.linear_proj"):
-                yield modules[-1].replace("linear_proj", "core_attention._extra_state"), None
-        modules.append(module)
+        if module.endswith(LINEARS):
+            last[module] = i
+    for i, (name, value) in enumerate(tensors):
         yield name, value
-    if modules and modules[-1].endswith(LINEARS):
-        yield f"{modules[-1]}._extra_state", None
+        module = name.rsplit(".", 1)[0]
+        if last.get(module) == i:
+            yield f"{module}._extra_state", None
+            if norms == "te" and module.endswith("self_attention.linear_proj"):  # TE's attention has state too
+                yield module.replace("linear_proj", "core_attention") + "._extra_state", None
     if last_stage:
         yield "output_layer._extra_state", None
 

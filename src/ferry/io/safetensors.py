@@ -64,7 +64,7 @@ def read_index(reader: FileReader) -> tuple[dict[str, Stored], dict[str, str]]:
         spans.append((begin, end, name))
         tensors[name] = Stored(TensorSource(reader, data_start + begin, dtype, shape, name=name, file_label=reader.label))
     spans.sort()
-    for (b0, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
+    for (_, e0, n0), (b1, _, n1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise CheckpointError(f"{where}: tensors {n0} and {n1} overlap in the file")
     return tensors, {str(k): str(v) for k, v in metadata.items()}
