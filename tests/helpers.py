@@ -37,7 +37,12 @@ def save_hf(model, path: Path, **kw) -> Path:
 
 def make_llama(path: Path, *, heads=8, kv_heads=2, layers=4, hidden=64, ffn=96, vocab=101, bias=True,
                tied=False, arch="llama", seed=0, **extra) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+    )
 
     torch.manual_seed(seed)
     common = dict(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
@@ -111,3 +116,16 @@ def read_config(path: Path) -> dict:
 def leftovers(parent: Path) -> list[str]:
     """Temporary directories a failed conversion might have left behind."""
     return sorted(p.name for p in Path(parent).iterdir() if ".ferry-" in p.name)
+
+
+class Exploit:
+    """A pickle whose reduce calls os.system: what full pickle (and torch.load(weights_only=False))
+    would run. ferry must refuse it before anything runs."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))

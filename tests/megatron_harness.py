@@ -19,9 +19,8 @@ warnings.filterwarnings("ignore")
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "megatron_fixture"
 sys.path.insert(0, str(TOOL))
 
-import torch  # noqa: E402
-
 import make_megatron_ckpt as fx  # noqa: E402
+import torch  # noqa: E402
 
 
 def setup(config: str, tp: int, pp: int):

@@ -5,13 +5,13 @@ import json
 from pathlib import Path
 
 import torch
+from helpers import leftovers, run
 
 from ferry import formats
+from ferry.canonical import canonical_shapes
 from ferry.formats.base import Model, WriteOptions
 from ferry.lazy import Zeros
-from ferry.canonical import canonical_shapes
 from ferry.synthetic import llama_spec
-from helpers import leftovers, run
 
 
 def test_dry_run_prints_every_tensor_and_writes_nothing(gqa, tmp_path):

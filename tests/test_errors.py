@@ -6,9 +6,9 @@ import struct
 
 import pytest
 import torch
+from helpers import leftovers, run
 
 import ferry
-from helpers import leftovers, run
 
 
 def copy_model(src, dst):

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ferry_logits, safetensors_file
 
 from ferry.export import ExportConfig, ExportConfigError, trtllm_weights, write_trtllm
-from helpers import ferry_logits, safetensors_file
 
 DATA = Path(__file__).parent / "data" / "megatron"
 FACTS = {

@@ -4,9 +4,16 @@ import json
 
 import pytest
 import torch
+from helpers import (
+    ferry_logits,
+    hf_logits,
+    input_ids,
+    read_config,
+    safetensors_dir,
+    safetensors_file,
+)
 
 import ferry
-from helpers import ferry_logits, hf_logits, input_ids, read_config, safetensors_dir, safetensors_file
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,12 @@ and the reverse), torch.save archives through the allow-list unpickler."""
 
 import argparse
 import collections
-import os
 import pickle
 import struct
 
 import pytest
 import torch
+from helpers import Exploit
 
 from ferry.errors import CheckpointError, UnsafePickleError
 from ferry.io import safetensors as st
@@ -105,19 +105,11 @@ def test_numpy_rng_state_becomes_inert(tmp_path):
     assert isinstance(tree["np_rng_state"][1], torch_zip.Inert)
 
 
-class _Exploit:
-    """A pickle whose reduce calls os.system: what full pickle (and torch.load(weights_only=False)) would run."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_hostile_pickle_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
-    torch.save({"model": {"w": torch.zeros(2)}, "args": _Exploit(marker)}, tmp_path / "evil.pt")
+    torch.save({"model": {"w": torch.zeros(2)}, "args": Exploit(marker)}, tmp_path / "evil.pt")
     with pytest.raises(UnsafePickleError) as e:
         torch_zip.load(FileReader(tmp_path / "evil.pt"))
     assert str(e.value) == (

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import Exploit, ferry_logits, hf_logits, leftovers, run
 
 import ferry
-from helpers import ferry_logits, hf_logits, leftovers, run
 
 DATA = Path(__file__).parent / "data" / "megatron"
 FIXTURES = ["llama/tp1", "llama/tp2", "gpt/tp1", "gpt/tp2"]
@@ -118,14 +118,6 @@ def test_inspect_shows_iteration_parallelism_and_ranks():
     assert code == 0 and "megatron-dist checkpoint, family llama, float32" in out
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
 
 
 def test_hostile_model_optim_rng_is_refused(tmp_path):
@@ -133,7 +125,7 @@ def test_hostile_model_optim_rng_is_refused(tmp_path):
     shutil.copytree(DATA / "gpt/tp1/legacy", root)
     target = root / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
     state = torch.load(target, weights_only=False)
-    state["rng_state"] = _Exploit(tmp_path / "pwned")
+    state["rng_state"] = Exploit(tmp_path / "pwned")
     target.chmod(0o644)
     torch.save(state, target)
     code, _, stderr = run("convert", root, tmp_path / "out", "--to", "hf")

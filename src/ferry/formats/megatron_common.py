@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from .. import families
 from ..dtypes import dtype_from_name
 from ..errors import CheckpointError, SpecError, UnsupportedError
+from ..parallel import even_stages
 from ..spec import ModelSpec
 
 # Megatron-core's --use-rope-scaling: the Llama 3.1 recipe with fixed constants
@@ -193,3 +195,42 @@ def iteration_dir(path: Path) -> tuple[Path, int | str] | None:
 
 def iteration_name(iteration: int | str) -> str:
     return "release" if iteration == "release" else f"iter_{int(iteration):07d}"
+
+
+def check_megatron_split(spec, tp: int, pp: int) -> None:
+    problems = []
+    if spec.num_heads % tp:
+        problems.append(f"num_attention_heads ({spec.num_heads})")
+    if spec.num_kv_heads % tp:
+        problems.append(f"num_query_groups ({spec.num_kv_heads})")
+    if spec.ffn_hidden_size % tp:
+        problems.append(f"ffn_hidden_size ({spec.ffn_hidden_size})")
+    if problems:
+        raise UnsupportedError(f"--tp {tp}: Megatron needs tp to divide {', '.join(problems)}")
+    even_stages(spec.num_layers, pp)
+    if spec.attn_out_bias != spec.mlp_bias:
+        raise UnsupportedError("Megatron's add_bias_linear covers the attention output and the MLP together; this model has one without the other")
+
+
+@dataclass(frozen=True)
+class MegatronTarget:
+    """What both Megatron writers decide first: the output spec and dtype, the padded
+    vocabulary at this tp, and the iteration (the source's, else a weights-only "release")."""
+
+    spec: ModelSpec
+    tp: int
+    pp: int
+    dtype: torch.dtype
+    padded_vocab: int
+    iteration: int | str
+
+    @classmethod
+    def of(cls, model, options) -> MegatronTarget:
+        from .base import output_dtype
+
+        check_megatron_split(model.spec, options.tp, options.pp)
+        dtype = output_dtype(model, options)
+        spec = model.spec.replace(dtype=str(dtype).replace("torch.", ""))
+        padded = padded_vocab_size(spec.vocab_size, options.make_vocab_size_divisible_by, options.tp)
+        iteration = options.iteration if options.iteration is not None else model.info.get("iteration", "release")
+        return cls(spec, options.tp, options.pp, dtype, padded, iteration)

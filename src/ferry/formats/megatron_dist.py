@@ -16,18 +16,38 @@ from pathlib import Path
 
 import torch
 
-from ..dtypes import dtype_name
 from ..errors import CheckpointError, UnsupportedError
 from ..io import torch_zip
 from ..lazy import Lazy, Tiled, Unsqueeze
-from ..plan import JsonFile, Plan, PlannedFile, PlannedTensor, TextFile, TorchArchiveFile
+from ..plan import (
+    JsonFile,
+    Plan,
+    PlannedFile,
+    PlannedTensor,
+    TextFile,
+    TorchArchiveFile,
+)
 from ..rules import Geometry, bind, check_shape, read_canonical, shard, write_stored
 from . import register
-from .base import Format, Model, ReadOptions, WriteOptions, cast_float, output_dtype
+from .base import Format, Model, ReadOptions, WriteOptions, cast_float
 from .hf import read_json
-from .megatron_common import TRACKER, args_for, iteration_dir, iteration_name, padded_vocab_size, spec_from_args
-from .megatron_legacy import check_megatron_split
-from .megatron_names import LAYER, LAYOUT, LINEARS, RULES, layer_tensor, norm_style, vocab_padding
+from .megatron_common import (
+    TRACKER,
+    MegatronTarget,
+    args_for,
+    iteration_dir,
+    iteration_name,
+    spec_from_args,
+)
+from .megatron_names import (
+    LAYER,
+    LAYOUT,
+    LINEARS,
+    RULES,
+    layer_tensor,
+    norm_style,
+    vocab_padding,
+)
 
 METADATA_JSON = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "common_backend": "torch", "common_backend_version": 1}
 IGNORED_PREFIXES = ("optimizer.", "rng_state", "rerun_state_machine")
@@ -87,7 +107,10 @@ class MegatronDist(Format):
             raise
 
     def _tensors(self, iter_dir: Path, model: Model) -> dict[str, Lazy]:
-        from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+        from torch.distributed.checkpoint.metadata import (
+            Metadata,
+            TensorStorageMetadata,
+        )
 
         label = iter_dir / ".metadata"
         reader = model.files.open(label)
@@ -120,14 +143,10 @@ class MegatronDist(Format):
 
     # -- writing -------------------------------------------------------------------------------
     def plan(self, model: Model, options: WriteOptions) -> Plan:
-        spec, tp, pp = model.spec, options.tp, options.pp
-        check_megatron_split(spec, tp, pp)
-        dtype = output_dtype(model, options)
-        spec = spec.replace(dtype=dtype_name(dtype))
-        padded = padded_vocab_size(spec.vocab_size, options.make_vocab_size_divisible_by, tp)
+        target = MegatronTarget.of(model, options)
+        spec, tp, pp, dtype, padded, iteration = target.spec, target.tp, target.pp, target.dtype, target.padded_vocab, target.iteration
         geo = Geometry(spec, vocab_rows=padded, vocab_fill=model.vocab_padding)
         stored = write_stored(bind(RULES["te"], geo), model.tensors)
-        iteration = options.iteration if options.iteration is not None else model.info.get("iteration", "release")
         it_dir = iteration_name(iteration)
         ledger = Ledger()
         stages = [range(s * spec.num_layers // pp, (s + 1) * spec.num_layers // pp) for s in range(pp)]
@@ -239,9 +258,15 @@ class MetadataFile(PlannedFile):
         import pickle
 
         from torch.distributed.checkpoint.filesystem import _StorageInfo
-        from torch.distributed.checkpoint.metadata import (BytesStorageMetadata, ChunkStorageMetadata, Metadata,
-                                                           MetadataIndex, StorageMeta, TensorProperties,
-                                                           TensorStorageMetadata)
+        from torch.distributed.checkpoint.metadata import (
+            BytesStorageMetadata,
+            ChunkStorageMetadata,
+            Metadata,
+            MetadataIndex,
+            StorageMeta,
+            TensorProperties,
+            TensorStorageMetadata,
+        )
 
         state = {}
         for key, (shape, dtype, chunks) in self.ledger.tensors.items():

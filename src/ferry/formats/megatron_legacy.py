@@ -9,7 +9,6 @@ import collections
 import re
 from pathlib import Path
 
-from ..dtypes import dtype_name
 from ..errors import CheckpointError, UnsupportedError
 from ..io import torch_zip
 from ..lazy import Lazy
@@ -17,9 +16,23 @@ from ..parallel import RankedReader, even_stages, split_to_ranks, stages_from_fi
 from ..plan import Plan, PlannedTensor, TextFile, TorchArchiveFile
 from ..rules import Geometry, bind, read_canonical, write_stored
 from . import register
-from .base import Format, Model, ReadOptions, WriteOptions, cast_float, output_dtype
-from .megatron_common import TRACKER, args_for, iteration_dir, iteration_name, padded_vocab_size, spec_from_args
-from .megatron_names import LAYOUT, LINEARS, RULES, norm_style, strip_prefix, vocab_padding
+from .base import Format, Model, ReadOptions, WriteOptions, cast_float
+from .megatron_common import (
+    TRACKER,
+    MegatronTarget,
+    args_for,
+    iteration_dir,
+    iteration_name,
+    spec_from_args,
+)
+from .megatron_names import (
+    LAYOUT,
+    LINEARS,
+    RULES,
+    norm_style,
+    strip_prefix,
+    vocab_padding,
+)
 
 RANK_DIR = re.compile(r"mp_rank_(\d\d)(?:_(\d\d\d))?(?:_(\d\d\d))?")
 FILE = "model_optim_rng.pt"
@@ -27,21 +40,6 @@ FILE = "model_optim_rng.pt"
 
 def rank_dir_name(tp_rank: int, stage: int, pp: int) -> str:
     return f"mp_rank_{tp_rank:02d}" if pp == 1 else f"mp_rank_{tp_rank:02d}_{stage:03d}"
-
-
-def check_megatron_split(spec, tp: int, pp: int) -> None:
-    problems = []
-    if spec.num_heads % tp:
-        problems.append(f"num_attention_heads ({spec.num_heads})")
-    if spec.num_kv_heads % tp:
-        problems.append(f"num_query_groups ({spec.num_kv_heads})")
-    if spec.ffn_hidden_size % tp:
-        problems.append(f"ffn_hidden_size ({spec.ffn_hidden_size})")
-    if problems:
-        raise UnsupportedError(f"--tp {tp}: Megatron needs tp to divide {', '.join(problems)}")
-    even_stages(spec.num_layers, pp)
-    if spec.attn_out_bias != spec.mlp_bias:
-        raise UnsupportedError("Megatron's add_bias_linear covers the attention output and the MLP together; this model has one without the other")
 
 
 def state_dict_of(tree, where: Path) -> dict:
@@ -134,15 +132,11 @@ class MegatronLegacy(Format):
 
     # -- writing -------------------------------------------------------------------------------
     def plan(self, model: Model, options: WriteOptions) -> Plan:
-        spec, tp, pp = model.spec, options.tp, options.pp
-        check_megatron_split(spec, tp, pp)
-        dtype = output_dtype(model, options)
-        spec = spec.replace(dtype=dtype_name(dtype))
+        target = MegatronTarget.of(model, options)
+        spec, tp, pp, dtype, padded, iteration = target.spec, target.tp, target.pp, target.dtype, target.padded_vocab, target.iteration
         norms = options.megatron_spec or model.info.get("layer_spec") or "local"
-        padded = padded_vocab_size(spec.vocab_size, options.make_vocab_size_divisible_by, tp)
         geo = Geometry(spec, tp, pp, vocab_rows=padded, vocab_fill=model.vocab_padding)
         stored = write_stored(bind(RULES[norms], geo), model.tensors)
-        iteration = options.iteration if options.iteration is not None else model.info.get("iteration", "release")
         args = args_for(spec, tp, pp, padded, options.make_vocab_size_divisible_by, norms,
                         base=model.source_args, iteration=0 if iteration == "release" else iteration)
         files = [TextFile(TRACKER, str(iteration))]

@@ -19,8 +19,14 @@ from ..dtypes import dtype_from_name, dtype_name
 from ..errors import CheckpointError, SpecError, UnsupportedError
 from ..io import safetensors as st
 from ..ops import Deinterleave, Each, Resize, Unrepeat
+from ..parallel import (
+    RankedReader,
+    StageLayout,
+    even_stages,
+    split_to_ranks,
+    stages_from_files,
+)
 from ..plan import JsonFile, Plan, PlannedTensor, SafetensorsFile
-from ..parallel import RankedReader, StageLayout, even_stages, split_to_ranks, stages_from_files
 from ..rules import COLUMN, ROW, Geometry, Rule, bind, read_canonical, write_stored
 from . import register
 from .base import Format, Model, ReadOptions, WriteOptions, cast_float, output_dtype
