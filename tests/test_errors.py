@@ -130,3 +130,16 @@ def test_failure_while_writing_leaves_nothing(gqa, tmp_path, monkeypatch):
         ferry.convert(gqa, tmp_path / "out", to="trtllm", tp=2)
     assert len(calls) == 2 and calls[0].exists() is False  # the first file was written, then removed with the rest
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_full_disk_is_one_line_and_leaves_nothing(gqa, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def no_space(path, *args, **kwargs):
+        open(path, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("ferry.io.safetensors.write", no_space)
+    fails(tmp_path, [gqa, tmp_path / "out", "--to", "hf"],
+          f"{tmp_path / 'out' / 'model.safetensors'}: cannot write (No space left on device); nothing was written")

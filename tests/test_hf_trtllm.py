@@ -199,3 +199,30 @@ def test_which_tensors_move_as_bytes(models):
         assert rank1["transformer.layers.0.attention.dense.weight"].byte_runs() is None  # [H, q/2]: strided
         plan16 = F.get("trtllm").plan(model, WriteOptions(tp=2, dtype=torch.float16))
         assert all(t.value.byte_runs() is None for f in plan16.files for t in f.tensors)
+
+
+def test_dtype_comes_from_the_weights_and_mixed_dtypes_survive(models, tmp_path):
+    """A config may claim bfloat16 over float32 weights; norms are sometimes kept in float32."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(models["gqa"], src)
+    cfg = read_config(src)
+    cfg["dtype"] = "bfloat16"
+    (src / "config.json").write_text(json.dumps(cfg))
+    tensors = load_file(src / "model.safetensors")
+    mixed = {k: (v if "norm" in k else v.to(torch.bfloat16)) for k, v in tensors.items()}
+    save_file(mixed, src / "model.safetensors", metadata={"format": "pt"})
+    plan = ferry.convert(src, tmp_path / "out", to="hf")
+    assert read_config(tmp_path / "out")["dtype"] == "bfloat16"  # the embedding's dtype
+    back = safetensors_dir(tmp_path / "out")
+    assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in mixed.items())
+    trt = ferry.convert(src, tmp_path / "trt", to="trtllm")  # one dtype throughout, as TensorRT-LLM requires
+    assert {t.dtype for f in trt.files for t in f.tensors} == {torch.bfloat16}
+    assert plan.notes == [] and trt.notes == []
+    cfg["dtype"] = "float16"
+    (src / "config.json").write_text(json.dumps(cfg))
+    plan = ferry.convert(src, tmp_path / "out2", to="hf")
+    assert plan.notes == [f"{src / 'config.json'}: says dtype float16, the weights are bfloat16"]

@@ -89,6 +89,7 @@ def convert(
     )
     with read(src, vocab_size=vocab_size) as model:
         plan = fmt.plan(model, options)
+        plan.notes = model.notes + plan.notes
         if not dry_run:
             execute(plan, out, overwrite=overwrite, progress=progress, threads=threads, max_memory=max_memory)
     return plan

@@ -5,6 +5,7 @@ written in plan order, then freed."""
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import shutil
 import uuid
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import OutputExistsError
+from .errors import FerryError, OutputExistsError
 from .io.files import Runs
 from .plan import Plan, PlannedTensor
 
+# the disk, not ferry: reported as one line (exit 2) rather than a traceback
+_ENVIRONMENT_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM, errno.EFBIG}
 DEFAULT_MAX_MEMORY = 512 * 1024**2  # read-ahead; one larger tensor still goes through alone
 
 
@@ -90,7 +93,12 @@ def execute(plan: Plan, out: Path, *, overwrite: bool = False, progress: bool = 
                     yield t
                     bar.update(planned.nbytes)
 
-            f.write(target, counted)
+            try:
+                f.write(target, counted)
+            except OSError as e:
+                if e.errno not in _ENVIRONMENT_ERRORS:
+                    raise
+                raise FerryError(f"{out / f.path}: cannot write ({e.strerror}); nothing was written") from None
         _replace(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from .. import families
+from ..dtypes import dtype_name
 from ..errors import CheckpointError, FerryError
 from ..io import safetensors as st
 from ..io import torch_zip
@@ -92,6 +93,10 @@ class HuggingFace(Format):
 
             bound = bind(family.hf_rules, Geometry(spec))
             model.tensors = read_canonical(bound, spec, fetch)
+            stored_dtype = model.tensors["embed.weight"].dtype
+            if stored_dtype.is_floating_point and dtype_name(stored_dtype) != spec.dtype:  # "some finetunes lie"
+                model.notes.append(f"{cfg_path}: says dtype {spec.dtype}, the weights are {dtype_name(stored_dtype)}")
+                model.spec = spec = spec.replace(dtype=dtype_name(stored_dtype))
             extra = [n for n in stored if n not in consumed and not family.is_ignored_hf(n, spec)]
             if extra:
                 raise CheckpointError(
@@ -158,11 +163,10 @@ class HuggingFace(Format):
         family = families.get(spec.family)
         family.check(spec)
         dtype = output_dtype(model, options)
-        from ..dtypes import dtype_name
-
         spec = spec.replace(dtype=dtype_name(dtype))
         stored = write_stored(bind(family.hf_rules, Geometry(spec)), model.tensors)
-        planned = [PlannedTensor(name, cast_float(t, dtype)) for name, (t, _) in stored.items()]
+        # without --dtype every tensor keeps its own dtype (a checkpoint may keep norms in float32)
+        planned = [PlannedTensor(name, cast_float(t, dtype) if options.dtype else t) for name, (t, _) in stored.items()]
         shards = split_shards(planned, options.max_shard_size)
         files = []
         if len(shards) == 1:
