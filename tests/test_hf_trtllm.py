@@ -187,7 +187,8 @@ def test_byte_copies_without_copy_file_range(models, tmp_path, monkeypatch):
 
 
 def test_which_tensors_move_as_bytes(models):
-    """Column splits, fused qkv and padded heads are runs of source bytes; row splits and casts are not."""
+    """Without arithmetic a tensor is runs of source bytes: row splits, fused qkv, padded heads,
+    column slices (one run per row); transposes and casts are computed."""
     import ferry.formats as F
     from ferry.formats.base import WriteOptions
 
@@ -195,8 +196,13 @@ def test_which_tensors_move_as_bytes(models):
         plan = F.get("trtllm").plan(model, WriteOptions(tp=2))
         rank1 = {t.name: t.value for t in next(f for f in plan.files if f.path == "rank1.safetensors").tensors}
         assert rank1["transformer.layers.0.attention.qkv.weight"].byte_runs() is not None
-        assert rank1["lm_head.weight"].byte_runs()[-1][0] is None  # the zero padding row
-        assert rank1["transformer.layers.0.attention.dense.weight"].byte_runs() is None  # [H, q/2]: strided
+        assert rank1["lm_head.weight"].byte_runs()[-1].parts[0][0] is None  # the zero padding row
+        (dense,) = rank1["transformer.layers.0.attention.dense.weight"].byte_runs()  # o_proj [64, 64] -> columns 32:64
+        ((_, offset, length, stride),) = dense.parts
+        assert (dense.count, length, stride) == (64, 32 * 4, 64 * 4)
+        gpt2 = F.get("trtllm").plan(ferry.read(models["gpt2"]), WriteOptions(tp=1))
+        qkv = next(t.value for f in gpt2.files for t in f.tensors if t.name == "transformer.layers.0.attention.qkv.weight")
+        assert qkv.byte_runs() is None  # Conv1D [in, out] transposed
         plan16 = F.get("trtllm").plan(model, WriteOptions(tp=2, dtype=torch.float16))
         assert all(t.value.byte_runs() is None for f in plan16.files for t in f.tensors)
 
@@ -220,7 +226,7 @@ def test_dtype_comes_from_the_weights_and_mixed_dtypes_survive(models, tmp_path)
     back = safetensors_dir(tmp_path / "out")
     assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in mixed.items())
     trt = ferry.convert(src, tmp_path / "trt", to="trtllm")  # one dtype throughout, as TensorRT-LLM requires
-    assert {t.dtype for f in trt.files for t in f.tensors} == {torch.bfloat16}
+    assert {t.dtype.name for f in trt.files for t in f.tensors} == {"bfloat16"}
     assert plan.notes == [] and trt.notes == []
     cfg["dtype"] = "float16"
     (src / "config.json").write_text(json.dumps(cfg))

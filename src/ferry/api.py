@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from . import formats
 from .dtypes import dtype_from_name
 from .errors import FerryError
@@ -13,8 +11,6 @@ from .executor import DEFAULT_MAX_MEMORY, check_output, execute
 from .formats.base import Model, ReadOptions, WriteOptions
 from .formats.hf import parse_size
 from .plan import Plan
-from .verify.compare import Report
-from .verify.run import verify_models
 
 
 def read(path: str | Path, *, vocab_size: int | None = None) -> Model:
@@ -36,7 +32,7 @@ def convert(
     to: str,
     tp: int = 1,
     pp: int = 1,
-    dtype: str | torch.dtype | None = None,
+    dtype=None,
     dry_run: bool = False,
     overwrite: bool = False,
     max_shard_size: str | int = "5GB",
@@ -81,7 +77,7 @@ def convert(
     options = WriteOptions(
         tp=tp,
         pp=pp,
-        dtype=None if dtype is None else (dtype if isinstance(dtype, torch.dtype) else dtype_from_name(dtype, "--dtype")),
+        dtype=None if dtype is None else dtype_from_name(dtype, "--dtype"),
         max_shard_size=parse_size(max_shard_size),
         parallel_embedding=parallel_embedding,
         megatron_spec=megatron_layer_spec,
@@ -119,7 +115,7 @@ def inspect(path: str | Path) -> dict:
 
 
 def verify(src: str | Path, out: str | Path, *, batch: int = 2, seq_len: int = 16, seed: int = 0,
-           atol: float | None = None, rtol: float | None = None) -> Report:
+           atol: float | None = None, rtol: float | None = None):
     """Run both checkpoints through ferry's reference forward (per rank for TensorRT-LLM) on the
     same random token ids and compare logits.
 
@@ -130,6 +126,8 @@ def verify(src: str | Path, out: str | Path, *, batch: int = 2, seq_len: int = 1
         >>> ferry.verify("llama-hf", "llama-trt").passed
         True
     """
+    from .verify.run import verify_models  # the only place that computes (imports torch)
+
     with read(src) as a, read(out) as b:
         return verify_models(a, b, batch=batch, seq_len=seq_len, seed=seed, atol=atol, rtol=rtol)
 

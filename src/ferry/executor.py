@@ -13,8 +13,6 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-
 from .errors import FerryError, OutputExistsError
 from .io.files import Runs
 from .plan import Plan, PlannedTensor
@@ -38,7 +36,7 @@ class Materializer:
         self.threads = max(1, threads)
         self.max_memory = max_memory
 
-    def __call__(self, tensors: Sequence[PlannedTensor], runs_ok: bool = False) -> Iterator[torch.Tensor | Runs]:
+    def __call__(self, tensors: Sequence[PlannedTensor], runs_ok: bool = False) -> Iterator:
         def job(planned: PlannedTensor):
             runs = planned.value.byte_runs() if runs_ok else None
             return Runs(runs, planned.nbytes) if runs is not None else planned.value.materialize

@@ -49,7 +49,7 @@ class ExportConfig:
     inference_pp_size: int = 1
     use_parallel_embedding: bool = False
     use_embedding_sharing: bool | None = None  # deprecated in Megatron too: say share_embeddings_and_output_weights
-    dtype: str | torch.dtype = "bfloat16"
+    dtype: str = "bfloat16"  # or a torch dtype
 
 
 def _field(config, name: str, default=None):
@@ -167,7 +167,7 @@ def _plan(model: Model, export_config: ExportConfig) -> Plan:
         check_split(model.spec, tp, pp)
     except FerryError as e:
         raise ExportConfigError(str(e).replace("--tp", "inference_tp_size").replace("--pp", "inference_pp_size")) from None
-    dtype = export_config.dtype if isinstance(export_config.dtype, torch.dtype) else dtype_from_name(export_config.dtype)
+    dtype = dtype_from_name(export_config.dtype, "ExportConfig.dtype")
     options = WriteOptions(tp=tp, pp=pp, dtype=dtype, parallel_embedding=export_config.use_parallel_embedding)
     return formats.get("trtllm").plan(model, options)
 

@@ -1,23 +1,67 @@
 """Lazy tensors: shape and dtype known up front, bytes read only when an output needs them.
 
 A lazy tensor is a small expression tree over stored tensors (`Stored`), built from a handful of
-nodes: `Cat`, `Transpose`, `Squeeze`/`Unsqueeze`, `Pad`, `Cast`, `Zeros`, `Const`. `narrow` is
-pushed down to the leaves wherever it can be, so that a tensor-parallel rank reads only its own
-rows or columns from disk. `fill(out)` writes the value straight into a caller's buffer (a cat
-fills its parts into views of the output), so materialising costs one output-sized allocation.
+nodes: `Cat`, `Transpose`, `Squeeze`/`Unsqueeze`, `Pad`, `Cast`, `Zeros`, `Const`, `Tiled`.
+`narrow` is pushed down to the leaves wherever it can be, so that a tensor-parallel rank reads
+only its own rows or columns from disk. Two ways to get the value:
+
+* `fill(out)` writes it into a caller's torch buffer (a cat fills its parts into views of the
+  output), so materialising costs one output-sized allocation;
+* `byte_runs()` describes it, when no arithmetic is involved, as runs of bytes of the stored
+  files (a column slice is one run per row); a writer then copies file to file and torch is
+  never imported.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-import torch
+from . import dtypes
+from .dtypes import DType
+
+if TYPE_CHECKING:
+    import torch
+
+class Strip:
+    """Bytes of stored files in a regular pattern: `count` rows, row i being, for each part
+    (reader, offset, length, stride), the bytes [offset + i*stride, offset + i*stride + length)
+    of that reader's file; a reader of None stands for zeros. One strip describes a contiguous
+    tensor (count 1), a column slice (one part, a row per matrix row), or column slices of
+    several tensor-parallel ranks side by side (one part per rank)."""
+
+    __slots__ = ("parts", "count")
+
+    def __init__(self, parts, count: int = 1):
+        self.parts, self.count = tuple(parts), count
+
+    @classmethod
+    def run(cls, reader, offset: int, length: int) -> Strip:
+        return cls(((reader, offset, length, length),), 1)
+
+    @property
+    def row_bytes(self) -> int:
+        return sum(p[2] for p in self.parts)
+
+    @property
+    def nbytes(self) -> int:
+        return self.row_bytes * self.count
+
+    def rows(self) -> list[Strip]:
+        """The same bytes as one single-row strip per row (the general, slower form)."""
+        return [Strip(((r, o + i * st, n, n) for r, o, n, st in self.parts), 1) for i in range(self.count)]
+
+    def __eq__(self, other):
+        return isinstance(other, Strip) and (self.parts, self.count) == (other.parts, other.count)
+
+    def __repr__(self):
+        return f"Strip({list(self.parts)}, count={self.count})"
 
 
 class Lazy:
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: DType
 
     # -- shape facts -----------------------------------------------------------------------
     @property
@@ -34,13 +78,20 @@ class Lazy:
 
     # -- evaluation ------------------------------------------------------------------------
     def materialize(self) -> torch.Tensor:
-        out = torch.empty(self.shape, dtype=self.dtype)
+        import torch
+
+        out = torch.empty(self.shape, dtype=self.dtype.torch)
         self.fill(out)
         return out
 
     def fill(self, out: torch.Tensor) -> None:
         """Write this tensor's value into `out` (same shape and dtype, any strides)."""
         raise NotImplementedError
+
+    def byte_runs(self) -> list[Strip] | None:
+        """This tensor's bytes (row-major) as consecutive strips of stored data; None when its
+        value has to be computed."""
+        return None
 
     # -- structure -------------------------------------------------------------------------
     def narrow(self, dim: int, start: int, length: int) -> Lazy:
@@ -59,12 +110,6 @@ class Lazy:
     def children(self) -> Sequence[Lazy]:
         return ()
 
-    def byte_runs(self) -> list[tuple[object, int, int]] | None:
-        """This tensor's bytes as consecutive runs (file reader, offset, length) of stored data,
-        a reader of None meaning zeros; None when its value has to be computed. Lets a writer
-        copy file to file without the bytes ever entering this process."""
-        return None
-
     def leaves(self) -> Iterator[Stored]:
         for child in self.children():
             yield from child.leaves()
@@ -73,7 +118,7 @@ class Lazy:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {list(self.shape)} {str(self.dtype)[6:]}: {self.describe()}>"
+        return f"<{type(self).__name__} {list(self.shape)} {self.dtype}: {self.describe()}>"
 
 
 def _dim(dim: int, ndim: int) -> int:
@@ -88,13 +133,21 @@ def _region_text(region: tuple[tuple[int, int], ...], shape: tuple[int, ...]) ->
     return "[" + ", ".join(":" if (lo == 0 and hi == n) else f"{lo}:{hi}" for (lo, hi), n in zip(region, shape)) + "]"
 
 
+def _contiguous_stride(shape: Sequence[int]) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for n in reversed(shape):
+        stride.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(stride))
+
+
 class TensorSource:
     """Where one stored tensor's bytes are: a file reader plus offset, dtype, shape and strides."""
 
-    def __init__(self, reader, offset: int, dtype: torch.dtype, shape, stride=None, name: str = "", file_label: str = ""):
+    def __init__(self, reader, offset: int, dtype: DType, shape, stride=None, name: str = "", file_label: str = ""):
         self.reader = reader
         self.offset = offset
-        self.dtype = dtype
+        self.dtype = dtypes.of(dtype)
         self.shape = tuple(int(n) for n in shape)
         self.stride = tuple(stride) if stride is not None else _contiguous_stride(self.shape)
         self.name = name
@@ -102,14 +155,6 @@ class TensorSource:
 
     def __repr__(self) -> str:
         return f"{self.file_label}:{self.name}"
-
-
-def _contiguous_stride(shape: Sequence[int]) -> tuple[int, ...]:
-    stride, acc = [], 1
-    for n in reversed(shape):
-        stride.append(acc)
-        acc *= max(n, 1)
-    return tuple(reversed(stride))
 
 
 class Stored(Lazy):
@@ -132,25 +177,44 @@ class Stored(Lazy):
 
     def byte_range(self) -> tuple[int, int] | None:
         """(offset, length) in the file when this region is one contiguous run of bytes."""
+        strips = self.byte_runs(plain=True)
+        if strips is None or len(strips) != 1 or strips[0].count != 1:
+            return None
+        _, offset, length, _ = strips[0].parts[0]
+        return offset, length
+
+    def byte_runs(self, plain: bool = False):
+        """The whole region as one strip, or a column slice as a strip of one row per matrix row
+        (one strip per index of any dims further out)."""
         src = self.source
-        if src.stride != _contiguous_stride(src.shape):
+        if src.stride != _contiguous_stride(src.shape) or (not plain and not hasattr(src.reader, "fileno")):
             return None
-        # contiguous iff every dim after the last partial one is whole and every dim before it has length 1
+        if self.numel == 0:
+            return []
+        # the innermost dims that are whole form a contiguous block together with the last partial dim
         partial = [i for i, ((lo, hi), n) in enumerate(zip(self.region, src.shape)) if (hi - lo) != n]
-        if partial and any((hi - lo) != 1 for lo, hi in self.region[: partial[-1]]):
-            return None
+        last = partial[-1] if partial else 0
         esize = src.dtype.itemsize
-        start = sum(lo * st for (lo, _), st in zip(self.region, src.stride))
-        return src.offset + start * esize, self.numel * esize
+        length = (self.region[last][1] - self.region[last][0]) * src.stride[last] * esize
+        start = src.offset + self.region[last][0] * src.stride[last] * esize
+        if last == 0:
+            return [Strip.run(src.reader, start, length)]
+        # rows: the dim before `last`, and further-out dims while the ones inside them are whole,
+        # so that every row is the same distance from the previous one
+        first = last - 1
+        while first > 0 and self.region[first] == (0, src.shape[first]):
+            first -= 1
+        row_stride = src.stride[last - 1] * esize
+        rows = math.prod(hi - lo for lo, hi in self.region[first:last])
+        starts = [start + self.region[first][0] * src.stride[first] * esize]
+        for dim in reversed(range(first)):  # every index of the dims further out starts one strip
+            lo, hi = self.region[dim]
+            step = src.stride[dim] * esize
+            starts = [base + i * step for i in range(lo, hi) for base in starts]
+        return [Strip(((src.reader, s, length, row_stride),), rows) for s in starts]
 
     def leaves(self):
         yield self
-
-    def byte_runs(self):
-        byte_range = self.byte_range()
-        if byte_range is None or not hasattr(self.source.reader, "fileno"):
-            return None
-        return [(self.source.reader, *byte_range)]
 
     def describe(self):
         return f"{self.source!r}{_region_text(self.region, self.source.shape)}"
@@ -162,7 +226,7 @@ class Const(Lazy):
     def __init__(self, tensor: torch.Tensor, label: str = "const"):
         self.tensor = tensor
         self.shape = tuple(tensor.shape)
-        self.dtype = tensor.dtype
+        self.dtype = dtypes.of(tensor.dtype)
         self.label = label
 
     def _narrow(self, dim, start, length):
@@ -178,7 +242,7 @@ class Const(Lazy):
 class Zeros(Lazy):
     def __init__(self, shape, dtype):
         self.shape = tuple(shape)
-        self.dtype = dtype
+        self.dtype = dtypes.of(dtype)
 
     def _narrow(self, dim, start, length):
         shape = list(self.shape)
@@ -189,7 +253,7 @@ class Zeros(Lazy):
         out.zero_()
 
     def byte_runs(self):
-        return [(None, 0, self.nbytes)]
+        return [Strip.run(None, 0, self.nbytes)]
 
     def describe(self):
         return f"zeros{list(self.shape)}"
@@ -236,7 +300,7 @@ class Cat(Lazy):
             offset += p.shape[self.dim]
 
     def byte_runs(self):
-        return _concatenated_runs(self.shape, self.dim, self.parts)
+        return _joined_runs(self.shape, self.dim, self.parts)
 
     def describe(self):
         return f"cat{self.dim}(" + ", ".join(p.describe() for p in self.parts) + ")"
@@ -280,8 +344,6 @@ class Unsqueeze(Lazy):
         return (self.x,)
 
     def _narrow(self, dim, start, length):
-        if dim == self.dim:  # length 0 is the only narrowing left of a size-1 dim
-            return Zeros(self.shape[:dim] + (0,) + self.shape[dim + 1:], self.dtype)
         return Unsqueeze(self.x.narrow(dim - (dim > self.dim), start, length), self.dim)
 
     def fill(self, out):
@@ -335,19 +397,15 @@ class Pad(Lazy):
     def children(self):
         return (self.x,)
 
+    def _zeros(self) -> Zeros:
+        shape = list(self.shape)
+        shape[self.dim] -= self.x.shape[self.dim]
+        return Zeros(shape, self.dtype)
+
     def _narrow(self, dim, start, length):
         if dim != self.dim:
             return Pad(self.x.narrow(dim, start, length), self.dim, self.shape[self.dim])
-        n = self.x.shape[dim]
-        stop = start + length
-        zeros_shape = list(self.shape)
-        if start >= n:
-            zeros_shape[dim] = length
-            return Zeros(zeros_shape, self.dtype)
-        if stop <= n:
-            return self.x.narrow(dim, start, length)
-        zeros_shape[dim] = stop - n
-        return Cat([self.x.narrow(dim, start, n - start), Zeros(zeros_shape, self.dtype)], dim)
+        return Cat([self.x, self._zeros()], dim).narrow(dim, start, length)
 
     def fill(self, out):
         n = self.x.shape[self.dim]
@@ -355,19 +413,17 @@ class Pad(Lazy):
         out.narrow(self.dim, n, self.shape[self.dim] - n).zero_()
 
     def byte_runs(self):
-        zeros = list(self.shape)
-        zeros[self.dim] -= self.x.shape[self.dim]
-        return _concatenated_runs(self.shape, self.dim, [self.x, Zeros(zeros, self.dtype)])
+        return _joined_runs(self.shape, self.dim, [self.x, self._zeros()])
 
     def describe(self):
         return f"pad{self.dim}:{self.shape[self.dim]}({self.x.describe()})"
 
 
 class Cast(Lazy):
-    def __init__(self, x: Lazy, dtype: torch.dtype):
+    def __init__(self, x: Lazy, dtype: DType):
         self.x = x
         self.shape = x.shape
-        self.dtype = dtype
+        self.dtype = dtypes.of(dtype)
 
     def children(self):
         return (self.x,)
@@ -379,7 +435,7 @@ class Cast(Lazy):
         out.copy_(self.x.materialize())
 
     def describe(self):
-        return f"{str(self.dtype)[6:]}({self.x.describe()})"
+        return f"{self.dtype}({self.x.describe()})"
 
 
 class Narrowed(Lazy):
@@ -402,41 +458,12 @@ class Narrowed(Lazy):
         return f"{self.x.describe()}.narrow({self.dim},{self.start},{self.length})"
 
 
-def _concatenated_runs(shape, dim: int, parts: Sequence[Lazy]):
-    """Parts joined on `dim` lie one after another in memory when every dim before it is 1."""
-    if math.prod(shape[:dim]) != 1:
-        return None
-    runs = []
-    for p in parts:
-        r = p.byte_runs()
-        if r is None:
-            return None
-        runs.extend(r)
-    return runs
-
-
-def cast(x: Lazy, dtype: torch.dtype) -> Lazy:
-    if x.dtype == dtype:
-        return x
-    if isinstance(x, Zeros):
-        return Zeros(x.shape, dtype)
-    return Cast(x, dtype)  # never fold casts: fp32 -> bf16 -> fp32 is not the identity
-
-
-def cat(parts: Sequence[Lazy], dim: int) -> Lazy:
-    return parts[0] if len(parts) == 1 else Cat(parts, dim)
-
-
-def lazy(t: torch.Tensor | Lazy, label: str = "const") -> Lazy:
-    return t if isinstance(t, Lazy) else Const(t, label)
-
-
 class Tiled(Lazy):
     """A tensor stored as chunks that tile it (torch.distributed.checkpoint): narrowing keeps only
     the chunks that overlap the region, so a reader touches just those chunks' bytes."""
 
     def __init__(self, shape, dtype, chunks: Sequence[tuple[tuple[int, ...], Lazy]], label: str = ""):
-        self.shape, self.dtype, self.label = tuple(shape), dtype, label
+        self.shape, self.dtype, self.label = tuple(shape), dtypes.of(dtype), label
         self.chunks = list(chunks)
 
     @classmethod
@@ -476,13 +503,80 @@ class Tiled(Lazy):
             chunk.fill(view)
 
     def byte_runs(self):
-        # chunks stacked along one dim (whole in every other) are a concatenation
+        # chunks stacked along one dim (whole in every other) are a concatenation on that dim
         split = [d for d in range(self.ndim) if any(c.shape[d] != self.shape[d] for _, c in self.chunks)]
         if len(split) > 1:
             return None
         dim = split[0] if split else 0
         ordered = [c for _, c in sorted(self.chunks, key=lambda oc: oc[0][dim])]
-        return _concatenated_runs(self.shape, dim, ordered)
+        return _joined_runs(self.shape, dim, ordered)
 
     def describe(self):
         return f"{self.label}[{len(self.chunks)} chunks]"
+
+
+def _joined_runs(shape, dim: int, parts: Sequence[Lazy]) -> list[Strip] | None:
+    """Strips of parts joined on `dim`. With no dims before `dim`, one part after another.
+    Otherwise, for each index of the dims before it (a "row"), each part's block of that row in
+    turn: one strip with a part per input when every input is one row-per-block strip (the
+    common case: column slices side by side), else one strip per block."""
+    rows = math.prod(shape[:dim])
+    per_part = []
+    for p in parts:
+        strips = p.byte_runs()
+        if strips is None:
+            return None
+        per_part.append(strips)
+    if rows <= 1:
+        return [s for strips in per_part for s in strips]
+    as_rows = [_as_rows(strips, p.nbytes // rows, rows) for strips, p in zip(per_part, parts)]
+    if all(r is not None for r in as_rows):
+        return [Strip([part for strip in as_rows for part in strip.parts], rows)]
+    blocks = [_cut(strips, p.nbytes // rows, rows) for strips, p in zip(per_part, parts)]
+    return [s for row in range(rows) for part in blocks for s in part[row]]
+
+
+def _as_rows(strips: list[Strip], block: int, rows: int) -> Strip | None:
+    """The strips as one strip of `rows` rows of `block` bytes, when they are that regular."""
+    if len(strips) != 1:
+        return None
+    (strip,) = strips
+    if strip.count == rows and strip.row_bytes == block:
+        return strip
+    if strip.count == 1 and len(strip.parts) == 1:  # one contiguous run: rows follow each other
+        reader, offset, _, _ = strip.parts[0]
+        return Strip(((reader, offset, block, block if reader is not None else 0),), rows)
+    return None
+
+
+def _cut(strips: list[Strip], block: int, count: int) -> list[list[Strip]]:
+    """Split strips into `count` consecutive blocks of `block` bytes each (one run at a time)."""
+    out: list[list[Strip]] = [[] for _ in range(count)]
+    index, used = 0, 0
+    for strip in strips:
+        for row in strip.rows():
+            for reader, offset, length, _ in row.parts:
+                while length:
+                    take = min(length, block - used)
+                    out[index].append(Strip.run(reader, offset if reader is not None else 0, take))
+                    offset, length, used = offset + take, length - take, used + take
+                    if used == block:
+                        index, used = index + 1, 0
+    return out
+
+
+def cast(x: Lazy, dtype) -> Lazy:
+    dtype = dtypes.of(dtype)
+    if x.dtype == dtype:
+        return x
+    if isinstance(x, Zeros):
+        return Zeros(x.shape, dtype)
+    return Cast(x, dtype)  # never fold casts: fp32 -> bf16 -> fp32 is not the identity
+
+
+def cat(parts: Sequence[Lazy], dim: int) -> Lazy:
+    return parts[0] if len(parts) == 1 else Cat(parts, dim)
+
+
+def lazy(t, label: str = "const") -> Lazy:
+    return t if isinstance(t, Lazy) else Const(t, label)

@@ -9,9 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from .dtypes import dtype_name
+from .dtypes import DType, dtype_name
 from .io import safetensors as st
 from .lazy import Lazy
 from .spec import ModelSpec
@@ -27,7 +25,7 @@ class PlannedTensor:
         return tuple(self.value.shape)
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self) -> DType:
         return self.value.dtype
 
     @property

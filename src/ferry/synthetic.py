@@ -7,8 +7,6 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-import torch
-
 from . import formats
 from .canonical import canonical_shapes
 from .dtypes import dtype_from_name
@@ -26,6 +24,8 @@ class Random(Lazy):
         self.seed, self.mean, self.std = seed, mean, std
 
     def fill(self, out):
+        import torch
+
         g = torch.Generator().manual_seed(self.seed)
         out.copy_(torch.randn(self.shape, generator=g, dtype=torch.float32) * self.std + self.mean)
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from ..dtypes import DType
 from ..io.files import FileSet
 from ..lazy import Lazy, cast
 from ..spec import ModelSpec
@@ -50,7 +49,7 @@ class ReadOptions:
 class WriteOptions:
     tp: int = 1
     pp: int = 1
-    dtype: torch.dtype | None = None  # None: keep the source dtype
+    dtype: DType | None = None  # None: keep the source dtype
     max_shard_size: int = 5 * 10**9
     parallel_embedding: bool = False
     megatron_spec: str | None = None  # legacy norm names: "local" or "te"; default: the source's, else local
@@ -72,11 +71,11 @@ class Format:
         raise NotImplementedError
 
 
-def output_dtype(model: Model, options: WriteOptions) -> torch.dtype:
+def output_dtype(model: Model, options: WriteOptions) -> DType:
     from ..dtypes import dtype_from_name
 
     return options.dtype or dtype_from_name(model.spec.dtype)
 
 
-def cast_float(t: Lazy, dtype: torch.dtype) -> Lazy:
+def cast_float(t: Lazy, dtype: DType) -> Lazy:
     return cast(t, dtype) if t.dtype.is_floating_point else t

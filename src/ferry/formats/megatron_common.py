@@ -9,10 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .. import families
-from ..dtypes import dtype_from_name
+from ..dtypes import BFLOAT16, FLOAT16, FLOAT32, DType, dtype_from_name, dtype_name
 from ..errors import CheckpointError, SpecError, UnsupportedError
 from ..parallel import even_stages
 from ..spec import ModelSpec
@@ -34,7 +32,7 @@ def _arg(args: dict, key: str, where: str, default=...):
     return args[key]
 
 
-def spec_from_args(ns, where: str, vocab_size: int | None = None, dtype: torch.dtype | None = None) -> tuple[ModelSpec, dict]:
+def spec_from_args(ns, where: str, vocab_size: int | None = None, dtype: DType | None = None) -> tuple[ModelSpec, dict]:
     """(spec, layout) where layout has tp, pp, padded_vocab, transformer_impl, iteration."""
     args = vars(ns) if isinstance(ns, argparse.Namespace) else dict(ns)
     for flag, what in (("num_experts", "mixture-of-experts"), ("qk_layernorm", "qk-layernorm"),
@@ -71,7 +69,7 @@ def spec_from_args(ns, where: str, vocab_size: int | None = None, dtype: torch.d
             "pass --vocab-size with your tokenizer's vocabulary size"
         )
     if dtype is None:
-        dtype = torch.bfloat16 if args.get("bf16") else torch.float16 if args.get("fp16") else torch.float32
+        dtype = BFLOAT16 if args.get("bf16") else FLOAT16 if args.get("fp16") else FLOAT32
     bias = bool(args.get("add_bias_linear", True))
     spec = ModelSpec(
         family="",
@@ -96,7 +94,7 @@ def spec_from_args(ns, where: str, vocab_size: int | None = None, dtype: torch.d
         attn_out_bias=bias,
         mlp_bias=bias,
         tie_word_embeddings=not args.get("untie_embeddings_and_output_weights", False),
-        dtype=str(dtype).replace("torch.", ""),
+        dtype=dtype_name(dtype),
     )
     family = families.infer(spec, where)
     spec = spec.replace(family=family.name)
@@ -110,12 +108,31 @@ def spec_from_args(ns, where: str, vocab_size: int | None = None, dtype: torch.d
     return spec, layout
 
 
+_DROP = object()
+
+
+def _portable(value):
+    """A source's arg as something Megatron-LM can unpickle: plain data stays, dtypes become torch
+    dtypes, foreign objects ferry only saw as inert placeholders (enums, ...) are dropped."""
+    if isinstance(value, DType):
+        return value.torch
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_portable(v) for v in value]
+        return _DROP if any(v is _DROP for v in items) else type(value)(items)
+    if isinstance(value, dict):
+        items = {k: _portable(v) for k, v in value.items()}
+        return _DROP if any(v is _DROP for v in items.values()) else items
+    return _DROP
+
+
 def args_for(spec: ModelSpec, tp: int, pp: int, padded_vocab: int, divisible_by: int, norms: str,
              base: dict | None = None, iteration: int = 0) -> argparse.Namespace:
     """Megatron-LM arguments describing `spec` at this parallelism (model fields of `base`, the
     source's own args, are kept when converting Megatron -> Megatron)."""
     dtype = dtype_from_name(spec.dtype)
-    args = dict(base or {})
+    args = {k: v for k, v in ((k, _portable(v)) for k, v in (base or {}).items()) if v is not _DROP}
     scaling = spec.rope_scaling or {}
     args.update(
         num_layers=spec.num_layers,
@@ -154,9 +171,9 @@ def args_for(spec: ModelSpec, tp: int, pp: int, padded_vocab: int, divisible_by:
         virtual_pipeline_model_parallel_size=None,
         expert_model_parallel_size=1,
         num_experts=None,
-        params_dtype=dtype,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
+        params_dtype=dtype.torch,
+        bf16=dtype == BFLOAT16,
+        fp16=dtype == FLOAT16,
         use_mcore_models=True,
         use_legacy_models=False,
         transformer_impl="transformer_engine" if norms == "te" else "local",
@@ -220,7 +237,7 @@ class MegatronTarget:
     spec: ModelSpec
     tp: int
     pp: int
-    dtype: torch.dtype
+    dtype: DType
     padded_vocab: int
     iteration: int | str
 
@@ -230,7 +247,7 @@ class MegatronTarget:
 
         check_megatron_split(model.spec, options.tp, options.pp)
         dtype = output_dtype(model, options)
-        spec = model.spec.replace(dtype=str(dtype).replace("torch.", ""))
+        spec = model.spec.replace(dtype=dtype.name)
         padded = padded_vocab_size(spec.vocab_size, options.make_vocab_size_divisible_by, options.tp)
         iteration = options.iteration if options.iteration is not None else model.info.get("iteration", "release")
         return cls(spec, options.tp, options.pp, dtype, padded, iteration)

@@ -14,8 +14,7 @@ import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from ..dtypes import DType
 from ..errors import CheckpointError, UnsupportedError
 from ..io import torch_zip
 from ..lazy import Lazy, Tiled, Unsqueeze
@@ -212,7 +211,7 @@ class Item:
 class Ledger:
     """Where each item landed, filled in by the .distcp writers, read by the .metadata writer."""
 
-    tensors: dict[str, tuple[tuple[int, ...], torch.dtype, list]] = field(default_factory=dict)
+    tensors: dict[str, tuple[tuple[int, ...], DType, list]] = field(default_factory=dict)
     objects: list[str] = field(default_factory=list)
     storage: list[tuple[str, tuple[int, ...] | None, str, int, int]] = field(default_factory=list)
 
@@ -257,6 +256,7 @@ class MetadataFile(PlannedFile):
     def write(self, target, stream):
         import pickle
 
+        import torch
         from torch.distributed.checkpoint.filesystem import _StorageInfo
         from torch.distributed.checkpoint.metadata import (
             BytesStorageMetadata,
@@ -271,7 +271,7 @@ class MetadataFile(PlannedFile):
         state = {}
         for key, (shape, dtype, chunks) in self.ledger.tensors.items():
             state[key] = TensorStorageMetadata(
-                properties=TensorProperties(dtype=dtype), size=torch.Size(shape),
+                properties=TensorProperties(dtype=dtype.torch), size=torch.Size(shape),
                 chunks=[ChunkStorageMetadata(offsets=torch.Size(o), sizes=torch.Size(s)) for o, s in chunks])
         for key in self.ledger.objects:
             state[key] = BytesStorageMetadata()

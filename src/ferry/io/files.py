@@ -1,6 +1,11 @@
-"""Reading tensors out of files without holding them: positional reads for contiguous byte runs,
-a memory map for strided regions (pages dropped again after each copy, so the process's resident
-set never grows with the file), and raw tensor memory as a buffer for writing."""
+"""Moving bytes between files without holding them.
+
+Reading: positional reads for contiguous byte runs, a memory map for strided regions (pages
+dropped again after each copy, so the process's resident set never grows with the file).
+Writing: a tensor's own memory as the buffer, or `Runs` copied file to file — large runs by the
+kernel (`copy_file_range`), small ones (a column slice: one run per row) batched into one read of
+the span they cover per file and one `writev`. torch is imported only where a tensor is computed.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,15 @@ import os
 import threading
 import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import CheckpointError
 
+if TYPE_CHECKING:
+    import torch
+
 # torch.frombuffer warns about read-only buffers; ferry maps files read-only and only copies out.
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
-
-_PAGE = mmap.PAGESIZE
 
 
 def tensor_buffer(t: torch.Tensor) -> memoryview:
@@ -59,6 +64,8 @@ class FileReader:
 
     def readinto(self, buf: memoryview, offset: int) -> None:
         done, total = 0, len(buf)
+        if offset + total > self.size:
+            raise CheckpointError(f"{self.path}: truncated: needs bytes up to {offset + total}, file has {self.size}")
         while done < total:
             n = os.preadv(self._fd, [buf[done:]], offset + done)
             if n <= 0:
@@ -80,10 +87,12 @@ class FileReader:
                 raise CheckpointError(
                     f"{self.path}: truncated: tensor {source.name} needs bytes up to {offset + length}, file has {self.size}"
                 )
-            if out.is_contiguous() and out.dtype == source.dtype:
+            if out.is_contiguous() and source.dtype == out.dtype:
                 self.readinto(tensor_buffer(out), offset)
             else:
-                tmp = torch.empty(out.shape, dtype=source.dtype)
+                import torch
+
+                tmp = torch.empty(out.shape, dtype=source.dtype.torch)
                 self.readinto(tensor_buffer(tmp), offset)
                 out.copy_(tmp)
             return
@@ -96,6 +105,8 @@ class FileReader:
             return self._mm
 
     def _copy_strided(self, source, region, out: torch.Tensor) -> None:
+        import torch
+
         esize = source.dtype.itemsize
         span = 1 + sum((n - 1) * st for n, st in zip(source.shape, source.stride) if n > 0)
         first, last = source.offset, source.offset + span * esize
@@ -104,11 +115,11 @@ class FileReader:
         mm = self._map()
         flat = torch.frombuffer(mm, dtype=torch.uint8, count=last - first, offset=first)
         try:
-            whole = flat.view(source.dtype).as_strided(source.shape, source.stride)
+            whole = flat.view(source.dtype.torch).as_strided(source.shape, source.stride)
             out.copy_(whole[tuple(slice(lo, hi) for lo, hi in region)])
         finally:
             del flat
-            base = (first // _PAGE) * _PAGE
+            base = (first // mmap.PAGESIZE) * mmap.PAGESIZE
             if hasattr(mm, "madvise"):
                 mm.madvise(mmap.MADV_DONTNEED, base, last - base)
 
@@ -143,34 +154,145 @@ class FileSet:
         self._files.clear()
 
 
-class Runs:
-    """A tensor's bytes as runs of stored files (reader, offset, length); reader None = zeros."""
+# -- copying runs ------------------------------------------------------------------------------
 
-    def __init__(self, runs, nbytes: int):
-        self.runs, self.nbytes = _merged(runs), nbytes
+_BIG = 4 * 1024 * 1024  # runs at least this long go through copy_file_range one by one
+_SPAN = 64 * 1024 * 1024  # at most this many bytes read per file for one batch of small runs
+_CHUNK = 16 * 1024 * 1024  # measured: in-kernel copies are fastest in pieces of this order
+_IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
+
+
+class Runs:
+    """A tensor's bytes as `lazy.Strip`s of stored files, copied without computing anything."""
+
+    def __init__(self, strips, nbytes: int):
+        self.strips, self.nbytes = _merged(strips), nbytes
 
     def copy_to(self, fd: int) -> None:
-        """Append the bytes to `fd` (at its position): in-kernel copies where the OS has them."""
-        for reader, offset, length in self.runs:
-            if reader is None:
-                _write_zeros(fd, length)
-            else:
-                _copy_range(reader, offset, length, fd)
+        """Append the bytes to `fd` (at its position)."""
+        batch = _Batch()
+        for strip in self.strips:
+            if strip.count > 1 or len(strip.parts) > 1:
+                batch.flush(fd)
+                _copy_strip(strip, fd)
+                continue
+            reader, offset, length, _ = strip.parts[0]
+            if reader is None or length >= _BIG:
+                batch.flush(fd)
+                if reader is None:
+                    _write_zeros(fd, length)
+                else:
+                    _copy_range(reader, offset, length, fd)
+            elif not batch.add(reader, offset, length):
+                batch.flush(fd)
+                batch.add(reader, offset, length)
+        batch.flush(fd)
 
 
-def _merged(runs):
+def _merged(strips):
+    """Adjacent single runs of the same file (or of zeros) joined into one."""
+    from ..lazy import Strip
+
     out = []
-    for reader, offset, length in runs:
-        if not length:
+    for strip in strips:
+        if not strip.nbytes:
             continue
-        if out and out[-1][0] is reader and (reader is None or out[-1][1] + out[-1][2] == offset):
-            out[-1] = (reader, out[-1][1], out[-1][2] + length)
-        else:
-            out.append((reader, offset, length))
+        if out and strip.count == 1 == out[-1].count and len(strip.parts) == 1 == len(out[-1].parts):
+            reader, offset, length, _ = strip.parts[0]
+            last_reader, last_offset, last_length, _ = out[-1].parts[0]
+            if reader is last_reader and (reader is None or last_offset + last_length == offset):
+                out[-1] = Strip.run(reader, last_offset, last_length + length)
+                continue
+        out.append(strip)
     return out
 
 
-_CHUNK = 16 * 1024 * 1024  # measured: in-kernel copies are fastest in pieces of this order
+class _Batch:
+    """Small runs written together: one read per file of the span its runs cover, then the
+    pieces in order with one writev."""
+
+    def __init__(self):
+        self.runs: list = []
+        self.spans: dict[int, list] = {}  # id(reader) -> [reader, lo, hi]
+
+    def add(self, reader, offset: int, length: int) -> bool:
+        span = self.spans.get(id(reader))
+        if span is not None:
+            lo, hi = min(span[1], offset), max(span[2], offset + length)
+            if hi - lo > _SPAN:
+                return False
+        if len(self.runs) == _IOV_MAX:
+            return False
+        if span is None:
+            self.spans[id(reader)] = [reader, offset, offset + length]
+        else:
+            span[1], span[2] = lo, hi
+        self.runs.append((reader, offset, length))
+        return True
+
+    def flush(self, fd: int) -> None:
+        if not self.runs:
+            return
+        data = {key: (lo, _read_view(reader, lo, hi - lo, slot)) for slot, (key, (reader, lo, hi)) in enumerate(self.spans.items())}
+        pieces = []
+        for reader, offset, length in self.runs:
+            lo, view = data[id(reader)]
+            pieces.append(view[offset - lo: offset - lo + length])
+        _writev_all(fd, pieces)
+        self.runs, self.spans = [], {}
+
+
+_buffers = threading.local()
+
+
+def _read_view(reader: FileReader, offset: int, length: int, slot: int) -> memoryview:
+    """`length` bytes at `offset`, read into this thread's reusable buffer number `slot` (fresh
+    memory for every read would cost a page fault per 4 KiB)."""
+    pool = getattr(_buffers, "pool", None)
+    if pool is None:
+        pool = _buffers.pool = {}
+    buf = pool.get(slot)
+    if buf is None or len(buf) < length:
+        buf = pool[slot] = bytearray(max(length, _SPAN))
+    view = memoryview(buf)[:length]
+    reader.readinto(view, offset)
+    return view
+
+
+def _copy_strip(strip, fd: int) -> None:
+    """A strip, a block of rows at a time: each part's span read once, the rows' pieces written
+    with one writev."""
+    parts = strip.parts
+    per_block = _IOV_MAX // len(parts)
+    for _, _, length, stride in parts:
+        if stride:
+            per_block = min(per_block, max(1, (_SPAN - length) // stride + 1))
+    zeros = {length: memoryview(bytes(length)) for reader, _, length, _ in parts if reader is None}
+    row = 0
+    while row < strip.count:
+        k = min(per_block, strip.count - row)
+        views = [
+            zeros[length] if reader is None else _read_view(reader, offset + row * stride, (k - 1) * stride + length, slot)
+            for slot, (reader, offset, length, stride) in enumerate(parts)
+        ]
+        steps = [0 if reader is None else stride for reader, _, _, stride in parts]
+        lengths = [length for _, _, length, _ in parts]
+        _writev_all(fd, [view[j * step: j * step + n] for j in range(k) for view, step, n in zip(views, steps, lengths)])
+        row += k
+
+
+def _writev_all(fd: int, pieces) -> None:
+    for first in range(0, len(pieces), _IOV_MAX):
+        chunk = pieces[first:first + _IOV_MAX]
+        written = os.writev(fd, chunk)
+        if written == sum(map(len, chunk)):
+            continue
+        for piece in chunk:  # a short write: finish piece by piece
+            if written >= len(piece):
+                written -= len(piece)
+            else:
+                _write_all(fd, piece[written:])
+                written = 0
 
 
 def _write_all(fd: int, data) -> None:

@@ -15,9 +15,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from ..dtypes import CODE_OF, SAFETENSORS_CODES
+from .. import dtypes
+from ..dtypes import BY_CODE, DType
 from ..errors import CheckpointError
 from ..lazy import Stored, TensorSource
 from .files import FileReader, Runs, _write_all, tensor_buffer
@@ -49,9 +48,9 @@ def read_index(reader: FileReader) -> tuple[dict[str, Stored], dict[str, str]]:
             shape = [int(d) for d in shape]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{where}: tensor {name}: malformed header entry {entry!r}") from None
-        if code not in SAFETENSORS_CODES:
+        if code not in BY_CODE:
             raise CheckpointError(f"{where}: tensor {name}: unsupported dtype {code!r}")
-        dtype = SAFETENSORS_CODES[code]
+        dtype = BY_CODE[code]
         nbytes = math.prod(shape) * dtype.itemsize
         if any(d < 0 for d in shape) or end - begin != nbytes or begin < 0:
             raise CheckpointError(
@@ -74,7 +73,10 @@ def read_index(reader: FileReader) -> tuple[dict[str, Stored], dict[str, str]]:
 class Entry:
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: DType
+
+    def __post_init__(self):
+        object.__setattr__(self, "dtype", dtypes.of(self.dtype))  # a torch dtype is accepted too
 
     @property
     def nbytes(self) -> int:
@@ -85,7 +87,7 @@ def header_bytes(entries: Sequence[Entry], metadata: dict[str, str] | None = Non
     header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
     offset = 0
     for e in entries:
-        header[e.name] = {"dtype": CODE_OF[e.dtype], "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
+        header[e.name] = {"dtype": e.dtype.code, "shape": list(e.shape), "data_offsets": [offset, offset + e.nbytes]}
         offset += e.nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
@@ -104,7 +106,7 @@ def write(path: Path, entries: Sequence[Entry], tensors: Iterable, metadata=None
                     raise AssertionError(f"{entry.name}: planned {entry.nbytes} bytes, runs have {t.nbytes}")
                 t.copy_to(f.fileno())
             else:
-                if tuple(t.shape) != entry.shape or t.dtype != entry.dtype:
+                if tuple(t.shape) != entry.shape or entry.dtype != t.dtype:
                     raise AssertionError(f"{entry.name}: planned {list(entry.shape)} {entry.dtype}, produced {list(t.shape)} {t.dtype}")
                 _write_all(f.fileno(), tensor_buffer(t.contiguous()))
             count += 1

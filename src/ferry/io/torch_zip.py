@@ -20,31 +20,30 @@ import pickle
 import struct
 import zipfile
 
-import torch
-
+from .. import dtypes
+from ..dtypes import BY_NAME, DType
 from ..errors import CheckpointError, UnsafePickleError
 from ..lazy import Lazy, Stored, TensorSource
 from .files import FileReader
 
 _STORAGE_DTYPES = {
-    "DoubleStorage": torch.float64,
-    "FloatStorage": torch.float32,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-    "UntypedStorage": torch.uint8,
+    "DoubleStorage": BY_NAME["float64"],
+    "FloatStorage": BY_NAME["float32"],
+    "HalfStorage": BY_NAME["float16"],
+    "BFloat16Storage": BY_NAME["bfloat16"],
+    "LongStorage": BY_NAME["int64"],
+    "IntStorage": BY_NAME["int32"],
+    "ShortStorage": BY_NAME["int16"],
+    "CharStorage": BY_NAME["int8"],
+    "ByteStorage": BY_NAME["uint8"],
+    "BoolStorage": BY_NAME["bool"],
+    "UntypedStorage": BY_NAME["uint8"],
 }
+# torch dtypes named in pickles (e.g. Megatron's args.params_dtype) load as ferry DTypes
 _TORCH_DTYPES = {
-    name: getattr(torch, name)
-    for name in (
-        "float64 float32 float16 bfloat16 int64 int32 int16 int8 uint8 bool "
-        "float8_e4m3fn float8_e5m2 double float half long int short"
-    ).split()
+    **BY_NAME,
+    "double": BY_NAME["float64"], "float": BY_NAME["float32"], "half": BY_NAME["float16"],
+    "long": BY_NAME["int64"], "int": BY_NAME["int32"], "short": BY_NAME["int16"],
 }
 # Foreign modules whose classes appear in real checkpoints (Megatron args enums, TE extra state,
 # numpy RNG state in rng_state). They become inert placeholders: never imported, never called.
@@ -52,21 +51,21 @@ _INERT_MODULES = ("megatron", "transformer_engine", "nemo", "apex", "numpy", "mo
 
 
 class StorageType:
-    def __init__(self, name: str, dtype: torch.dtype):
+    def __init__(self, name: str, dtype: DType):
         self.name, self.dtype = name, dtype
 
 
 class StorageRef:
     """A persistent-id storage: which record, which dtype, how many elements."""
 
-    def __init__(self, key: str, dtype: torch.dtype, numel: int):
+    def __init__(self, key: str, dtype: DType, numel: int):
         self.key, self.dtype, self.numel = key, dtype, numel
 
 
 class TensorRef:
     """A tensor as the pickle describes it; turned into a `Stored` leaf once offsets are known."""
 
-    def __init__(self, storage: StorageRef, offset: int, size, stride, dtype: torch.dtype | None = None):
+    def __init__(self, storage: StorageRef, offset: int, size, stride, dtype: DType | None = None):
         self.storage, self.offset = storage, int(offset)
         self.size, self.stride = tuple(int(s) for s in size), tuple(int(s) for s in stride)
         self.dtype = dtype or storage.dtype
@@ -101,7 +100,7 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
 
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
-    if not isinstance(dtype, torch.dtype):
+    if not isinstance(dtype, DType):
         raise UnsafePickleError("tensor with a non-dtype dtype argument")
     return TensorRef(storage, storage_offset, size, stride, dtype)  # offset counts `dtype` elements
 
@@ -117,7 +116,11 @@ def _rebuild_from_type_v2(func, new_type, args, state):
 def _get_layout(name):
     if name != "torch.strided":
         raise UnsafePickleError(f"tensor layout {name!r} (only dense strided tensors are read)")
-    return torch.strided
+    return "strided"
+
+
+def _device(kind, index=None):
+    return str(kind) if index is None else f"{kind}:{index}"
 
 
 def _codecs_encode(text, encoding="utf-8"):
@@ -133,8 +136,8 @@ _SAFE_GLOBALS = {
     "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
     "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
     "torch.serialization._get_layout": _get_layout,
-    "torch.Size": torch.Size,
-    "torch.device": torch.device,
+    "torch.Size": tuple,
+    "torch.device": _device,
     "collections.OrderedDict": collections.OrderedDict,
     "argparse.Namespace": argparse.Namespace,
     "_codecs.encode": _codecs_encode,
@@ -291,7 +294,7 @@ def load(reader: FileReader, start: int = 0, length: int | None = None, label: s
             return type(x)((k, convert(v)) for k, v in x.items()) if isinstance(x, collections.OrderedDict) else {k: convert(v) for k, v in x.items()}
         if isinstance(x, list):
             return [convert(v) for v in x]
-        if isinstance(x, tuple) and not isinstance(x, torch.Size):
+        if isinstance(x, tuple):
             return tuple(convert(v) for v in x)
         return x
 
@@ -317,7 +320,8 @@ ALIGNMENT = 64
 class TensorSlot:
     """A placeholder in an object tree for a tensor that is streamed into the archive later."""
 
-    def __init__(self, key: str, shape, dtype: torch.dtype):
+    def __init__(self, key: str, shape, dtype: DType):
+        dtype = dtypes.of(dtype)
         if dtype not in _STORAGE_CLASS:
             raise CheckpointError(f"cannot write {dtype} tensors into a torch.save archive")
         self.key, self.shape, self.dtype = key, tuple(shape), dtype
@@ -340,6 +344,8 @@ class _SlotPickler(pickle.Pickler):
         if isinstance(obj, _StorageMarker):
             s = obj.slot
             numel = s.nbytes // s.dtype.itemsize
+            import torch
+
             return ("storage", getattr(torch, _STORAGE_CLASS[s.dtype]), s.key, "cpu", numel)
         return None
 
@@ -350,6 +356,8 @@ class _SlotPickler(pickle.Pickler):
                 stride.append(acc)
                 acc *= max(d, 1)
             args = (_StorageMarker(obj), 0, obj.shape, tuple(reversed(stride)), False, collections.OrderedDict())
+            import torch._utils
+
             return (torch._utils._rebuild_tensor_v2, args)
         return NotImplemented
 
@@ -426,9 +434,9 @@ class ArchivedTensor(Lazy):
     """A tensor saved with torch.save at bytes [start, start+length) of a file (a .distcp item);
     its archive is opened only when the tensor (or a slice) is needed."""
 
-    def __init__(self, reader: FileReader, start: int, length: int, shape, dtype: torch.dtype, label: str):
+    def __init__(self, reader: FileReader, start: int, length: int, shape, dtype: DType, label: str):
         self.reader, self.start, self.length, self.label = reader, start, length, label
-        self.shape, self.dtype = tuple(shape), dtype
+        self.shape, self.dtype = tuple(shape), dtypes.of(dtype)
         self._stored: Stored | None = None
 
     def _resolve(self) -> Stored:
