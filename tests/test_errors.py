@@ -143,3 +143,24 @@ def test_full_disk_is_one_line_and_leaves_nothing(gqa, tmp_path, monkeypatch):
     monkeypatch.setattr("ferry.io.safetensors.write", no_space)
     fails(tmp_path, [gqa, tmp_path / "out", "--to", "hf"],
           f"{tmp_path / 'out' / 'model.safetensors'}: cannot write (No space left on device); nothing was written")
+
+
+def test_a_file_failing_among_several_written_at_once_stops_the_rest(gqa, tmp_path, monkeypatch):
+    import errno
+    import os
+    import threading
+
+    from ferry.io import safetensors
+
+    original = safetensors.write
+    all_started = threading.Barrier(4, timeout=30)  # only passes if the four ranks are written at once
+
+    def rank2_has_no_space(path, *args, **kwargs):
+        all_started.wait()
+        if path.name == "rank2.safetensors":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        original(path, *args, **kwargs)
+
+    monkeypatch.setattr("ferry.io.safetensors.write", rank2_has_no_space)
+    fails(tmp_path, [gqa, tmp_path / "out", "--to", "trtllm", "--tp", "4", "--threads", "4"],
+          f"{tmp_path / 'out' / 'rank2.safetensors'}: cannot write (No space left on device); nothing was written")

@@ -85,6 +85,16 @@ def test_hf_to_megatron_and_back(tmp_path, models, to):
         assert torch.equal(back[name], t.to(torch.bfloat16)), name
 
 
+@pytest.mark.parametrize("to", ["megatron", "megatron-dist", "trtllm"])
+def test_files_written_at_once_give_the_same_bytes_every_time(tmp_path, models, to):
+    def written(out):
+        ferry.convert(models["gqa"], out, to=to, tp=2, pp=2, threads=4)
+        return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    first, second = written(tmp_path / "a"), written(tmp_path / "b")
+    assert len(first) >= 4 and first == second
+
+
 def test_transformer_engine_names_and_nemo_prefix(tmp_path):
     """Real Megatron-LM runs use the TE layer spec, whose norms live inside the next linear."""
     src = tmp_path / "te" / "iter_0000001" / "mp_rank_00"

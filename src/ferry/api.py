@@ -58,7 +58,8 @@ def convert(
         parallel_embedding: split the TensorRT-LLM vocab embedding over tp ranks.
         vocab_size: true vocabulary when the source does not record it.
         progress: show a progress bar (bytes).
-        threads, max_memory: read-ahead threads and the bytes they may hold.
+        threads, max_memory: threads (output files written at once, tensors computed ahead) and
+            the bytes of computed tensors they may hold at once (one larger tensor goes alone).
         megatron_layer_spec: Megatron legacy output key names, "local" or "te" (Transformer Engine).
         make_vocab_size_divisible_by: Megatron output vocabulary padding (times tp), as in Megatron-LM.
 

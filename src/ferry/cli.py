@@ -41,8 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: the source's, else local)")
     c.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
                    help="Megatron output: vocabulary padded to a multiple of this times tp (default 128)")
-    c.add_argument("--threads", type=int, default=4, help="read-ahead threads (default 4)")
-    c.add_argument("--max-memory", default="512MiB", help="bytes of tensors read ahead at most (default 512MiB)")
+    c.add_argument("--threads", type=int, default=4, help="threads: output files written at once, and tensors computed ahead (default 4)")
+    c.add_argument("--max-memory", default="512MiB", help="bytes of computed tensors held at once, beyond one larger tensor (default 512MiB)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     i = sub.add_parser("inspect", help="describe a checkpoint")

@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from . import dtypes
+from . import buffers, dtypes
 from .dtypes import DType
 
 if TYPE_CHECKING:
@@ -78,9 +78,7 @@ class Lazy:
 
     # -- evaluation ------------------------------------------------------------------------
     def materialize(self) -> torch.Tensor:
-        import torch
-
-        out = torch.empty(self.shape, dtype=self.dtype.torch)
+        out = buffers.empty(self.shape, self.dtype)
         self.fill(out)
         return out
 

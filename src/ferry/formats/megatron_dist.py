@@ -11,6 +11,7 @@ tensor costs only that layer's chunks. Writing produces the same structure, one 
 from __future__ import annotations
 
 import io
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,16 +269,18 @@ class MetadataFile(PlannedFile):
             TensorStorageMetadata,
         )
 
+        # the .distcp files were written concurrently: sorted, and keys interned (pickle shares equal
+        # objects by identity), so that the same plan gives the same bytes
         state = {}
-        for key, (shape, dtype, chunks) in self.ledger.tensors.items():
-            state[key] = TensorStorageMetadata(
+        for key, (shape, dtype, chunks) in sorted(self.ledger.tensors.items()):
+            state[sys.intern(key)] = TensorStorageMetadata(
                 properties=TensorProperties(dtype=dtype.torch), size=torch.Size(shape),
-                chunks=[ChunkStorageMetadata(offsets=torch.Size(o), sizes=torch.Size(s)) for o, s in chunks])
-        for key in self.ledger.objects:
-            state[key] = BytesStorageMetadata()
+                chunks=[ChunkStorageMetadata(offsets=torch.Size(o), sizes=torch.Size(s)) for o, s in sorted(chunks)])
+        for key in sorted(self.ledger.objects):
+            state[sys.intern(key)] = BytesStorageMetadata()
         storage = {
-            MetadataIndex(key, None if offsets is None else torch.Size(offsets)): _StorageInfo(file, offset, length)
-            for key, offsets, file, offset, length in self.ledger.storage
+            MetadataIndex(sys.intern(key), None if offsets is None else torch.Size(offsets)): _StorageInfo(file, offset, length)
+            for key, offsets, file, offset, length in sorted(self.ledger.storage, key=lambda e: (e[0], e[1] or ()))
         }
         md = Metadata(state_dict_metadata=state, storage_data=storage, storage_meta=StorageMeta())
         buf = io.BytesIO()

@@ -3,8 +3,9 @@
 Reading: positional reads for contiguous byte runs, a memory map for strided regions (pages
 dropped again after each copy, so the process's resident set never grows with the file).
 Writing: a tensor's own memory as the buffer, or `Runs` copied file to file — large runs by the
-kernel (`copy_file_range`), small ones (a column slice: one run per row) batched into one read of
-the span they cover per file and one `writev`. torch is imported only where a tensor is computed.
+kernel (`copy_file_range`), small ones (a column slice: one run per row) batched into one `writev`
+straight from the memory map of the span they cover (one copy, page cache to page cache, instead
+of a read into a buffer and a write out of it). torch is imported only where a tensor is computed.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import buffers
 from ..errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -90,9 +92,7 @@ class FileReader:
             if out.is_contiguous() and source.dtype == out.dtype:
                 self.readinto(tensor_buffer(out), offset)
             else:
-                import torch
-
-                tmp = torch.empty(out.shape, dtype=source.dtype.torch)
+                tmp = buffers.empty(out.shape, source.dtype)
                 self.readinto(tensor_buffer(tmp), offset)
                 out.copy_(tmp)
             return
@@ -103,6 +103,20 @@ class FileReader:
             if self._mm is None:
                 self._mm = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
             return self._mm
+
+    def mapped(self, offset: int, length: int) -> memoryview:
+        """`length` bytes at `offset` as a view of the file's memory map: nothing is copied
+        until the view is written out. Call `release` on the same range afterwards."""
+        if offset < 0 or offset + length > self.size:
+            raise CheckpointError(f"{self.path}: truncated: needs bytes {offset}..{offset + length}, file has {self.size}")
+        return memoryview(self._map())[offset:offset + length]
+
+    def release(self, offset: int, length: int) -> None:
+        """Unmap the pages of a range read through `mapped` (they stay in the page cache), so the
+        resident set never grows with the file."""
+        base = (offset // mmap.PAGESIZE) * mmap.PAGESIZE
+        if self._mm is not None and hasattr(self._mm, "madvise") and length:
+            self._mm.madvise(mmap.MADV_DONTNEED, base, offset + length - base)
 
     def _copy_strided(self, source, region, out: torch.Tensor) -> None:
         import torch
@@ -119,9 +133,7 @@ class FileReader:
             out.copy_(whole[tuple(slice(lo, hi) for lo, hi in region)])
         finally:
             del flat
-            base = (first // mmap.PAGESIZE) * mmap.PAGESIZE
-            if hasattr(mm, "madvise"):
-                mm.madvise(mmap.MADV_DONTNEED, base, last - base)
+            self.release(first, last - first)
 
     def close(self) -> None:
         with self._lock:
@@ -156,8 +168,8 @@ class FileSet:
 
 # -- copying runs ------------------------------------------------------------------------------
 
-_BIG = 4 * 1024 * 1024  # runs at least this long go through copy_file_range one by one
-_SPAN = 64 * 1024 * 1024  # at most this many bytes read per file for one batch of small runs
+_BIG = 256 * 1024  # runs at least this long go through copy_file_range one by one (measured: faster from here up)
+_SPAN = 16 * 1024 * 1024  # at most this many bytes of a file mapped at once for small runs and strips
 _CHUNK = 16 * 1024 * 1024  # measured: in-kernel copies are fastest in pieces of this order
 _IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
 
@@ -233,35 +245,22 @@ class _Batch:
     def flush(self, fd: int) -> None:
         if not self.runs:
             return
-        data = {key: (lo, _read_view(reader, lo, hi - lo, slot)) for slot, (key, (reader, lo, hi)) in enumerate(self.spans.items())}
+        spans = list(self.spans.values())
+        views = {id(reader): (lo, reader.mapped(lo, hi - lo)) for reader, lo, hi in spans}
         pieces = []
         for reader, offset, length in self.runs:
-            lo, view = data[id(reader)]
+            lo, view = views[id(reader)]
             pieces.append(view[offset - lo: offset - lo + length])
         _writev_all(fd, pieces)
+        del pieces, views
+        for reader, lo, hi in spans:
+            reader.release(lo, hi - lo)
         self.runs, self.spans = [], {}
 
 
-_buffers = threading.local()
-
-
-def _read_view(reader: FileReader, offset: int, length: int, slot: int) -> memoryview:
-    """`length` bytes at `offset`, read into this thread's reusable buffer number `slot` (fresh
-    memory for every read would cost a page fault per 4 KiB)."""
-    pool = getattr(_buffers, "pool", None)
-    if pool is None:
-        pool = _buffers.pool = {}
-    buf = pool.get(slot)
-    if buf is None or len(buf) < length:
-        buf = pool[slot] = bytearray(max(length, _SPAN))
-    view = memoryview(buf)[:length]
-    reader.readinto(view, offset)
-    return view
-
-
 def _copy_strip(strip, fd: int) -> None:
-    """A strip, a block of rows at a time: each part's span read once, the rows' pieces written
-    with one writev."""
+    """A strip, a block of rows at a time: the rows' pieces of every part written with one
+    writev straight from the files' memory maps."""
     parts = strip.parts
     per_block = _IOV_MAX // len(parts)
     for _, _, length, stride in parts:
@@ -271,13 +270,16 @@ def _copy_strip(strip, fd: int) -> None:
     row = 0
     while row < strip.count:
         k = min(per_block, strip.count - row)
-        views = [
-            zeros[length] if reader is None else _read_view(reader, offset + row * stride, (k - 1) * stride + length, slot)
-            for slot, (reader, offset, length, stride) in enumerate(parts)
-        ]
+        spans = [(reader, offset + row * stride, (k - 1) * stride + length) for reader, offset, length, stride in parts]
+        views = [zeros[length] if reader is None else reader.mapped(start, span)
+                 for (reader, start, span), (_, _, length, _) in zip(spans, parts)]
         steps = [0 if reader is None else stride for reader, _, _, stride in parts]
         lengths = [length for _, _, length, _ in parts]
         _writev_all(fd, [view[j * step: j * step + n] for j in range(k) for view, step, n in zip(views, steps, lengths)])
+        del views
+        for reader, start, span in spans:
+            if reader is not None:
+                reader.release(start, span)
         row += k
 
 
