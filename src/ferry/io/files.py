@@ -38,6 +38,9 @@ def tensor_buffer(t: torch.Tensor) -> memoryview:
     return memoryview((ctypes.c_char * nbytes).from_address(t.data_ptr())).cast("B")
 
 
+_FAULT_AROUND_LIMIT = 2 * 1024 * 1024  # a page table's reach on x86-64 and arm64 (4 KiB pages)
+
+
 class FileReader:
     """One open file of a checkpoint. Thread-safe; `close()` once the conversion is done."""
 
@@ -113,10 +116,15 @@ class FileReader:
 
     def release(self, offset: int, length: int) -> None:
         """Unmap the pages of a range read through `mapped` (they stay in the page cache), so the
-        resident set never grows with the file."""
-        base = (offset // mmap.PAGESIZE) * mmap.PAGESIZE
-        if self._mm is not None and hasattr(self._mm, "madvise") and length:
-            self._mm.madvise(mmap.MADV_DONTNEED, base, offset + length - base)
+        resident set never grows with the file. The kernel maps pages around each faulting one,
+        within the same 2 MiB page table, so the range is widened to those boundaries (another
+        thread reading there merely faults its pages in again)."""
+        if self._mm is None or not hasattr(self._mm, "madvise") or not length:
+            return
+        base = offset // _FAULT_AROUND_LIMIT * _FAULT_AROUND_LIMIT
+        end = min(-(-(offset + length) // _FAULT_AROUND_LIMIT) * _FAULT_AROUND_LIMIT, self.size)
+        end = -(-end // mmap.PAGESIZE) * mmap.PAGESIZE
+        self._mm.madvise(mmap.MADV_DONTNEED, base, end - base)
 
     def _copy_strided(self, source, region, out: torch.Tensor) -> None:
         import torch
@@ -169,7 +177,7 @@ class FileSet:
 # -- copying runs ------------------------------------------------------------------------------
 
 _BIG = 256 * 1024  # runs at least this long go through copy_file_range one by one (measured: faster from here up)
-_SPAN = 16 * 1024 * 1024  # at most this many bytes of a file mapped at once for small runs and strips
+_SPAN = 4 * 1024 * 1024  # at most this many bytes of a file mapped at once for small runs and strips
 _CHUNK = 16 * 1024 * 1024  # measured: in-kernel copies are fastest in pieces of this order
 _IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 1024
 
