@@ -307,8 +307,10 @@ def one_model(a, scratch: Path, cp: list[str]) -> tuple[str, dict]:
          "argv": lambda out: [*FERRY, hf, str(out), "--to", "trtllm", "--tp", "2", "--quiet"]},
         {"key": "ferry-hf", "name": "ferry HF -> HF, 1GB shards",
          "argv": lambda out: [*FERRY, hf, str(out), "--to", "hf", "--max-shard-size", "1GB", "--quiet"]},
-        {"key": "ferry-megatron", "name": "ferry Megatron tp=2 -> HF",
+        {"key": "ferry-megatron", "name": "ferry Megatron tp=2 -> HF (one 5GB shard)",
          "argv": lambda out: [*FERRY, meg, str(out), "--to", "hf", "--quiet"]},
+        {"key": "ferry-megatron-1g", "name": "ferry Megatron tp=2 -> HF, 1GB shards",
+         "argv": lambda out: [*FERRY, meg, str(out), "--to", "hf", "--max-shard-size", "1GB", "--quiet"]},
         {"key": "transformers", "name": "transformers from_pretrained + save_pretrained(1GB)",
          "argv": lambda out: [PY, "-c", PEER, hf, str(out)]},
     ]
