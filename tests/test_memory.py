@@ -25,9 +25,8 @@ print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024)
 
 
 def peak_rss(*args) -> int:
-    """Run `python -m ferry ARGS` (or `python -c CODE`) and return its peak resident set in bytes."""
-    command = [sys.executable, *map(str, args)] if args[0] == "-c" else [sys.executable, "-m", "ferry", *map(str, args)]
-    done = subprocess.run([sys.executable, "-c", LAUNCHER, *command],
+    """Run `python -m ferry ARGS` and return its peak resident set in bytes."""
+    done = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-m", "ferry", *map(str, args)],
                           capture_output=True, text=True)
     code, peak = map(int, done.stdout.split()[-2:])
     assert code == 0, done.stderr[-2000:]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 import mmap
 import threading
 from collections.abc import Iterator
@@ -50,9 +51,7 @@ class BufferPool:
         import torch
         from torch.multiprocessing.reductions import StorageWeakRef
 
-        nbytes = dtype.itemsize
-        for n in shape:
-            nbytes *= n
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes < SMALLEST:
             return torch.empty(shape, dtype=dtype.torch)
         with self._lock:

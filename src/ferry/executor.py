@@ -143,9 +143,9 @@ def _write_concurrently(writer: _FileWriter, files, lanes: int) -> None:
     with ThreadPoolExecutor(lanes, thread_name_prefix="ferry-write") as pool:
         futures = [pool.submit(contextvars.copy_context().run, writer.write, f) for f in files]
         try:
-            wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:
-                if future.done() and not future.cancelled() and future.exception() is not None:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:  # in plan order, so the same failure is reported every time
+                if future in done and future.exception() is not None:
                     raise future.exception()
         except BaseException:  # a failed file, or Ctrl-C: the others stop at their next tensor
             writer.stop.set()

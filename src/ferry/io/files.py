@@ -56,9 +56,12 @@ class FileReader:
         self._lock = threading.Lock()
 
     # -- raw bytes ---------------------------------------------------------------------------
-    def read_bytes(self, offset: int, length: int) -> bytes:
+    def _require(self, offset: int, length: int) -> None:
         if offset < 0 or offset + length > self.size:
             raise CheckpointError(f"{self.path}: truncated: needs bytes {offset}..{offset + length}, file has {self.size}")
+
+    def read_bytes(self, offset: int, length: int) -> bytes:
+        self._require(offset, length)
         data = os.pread(self._fd, length, offset)
         while len(data) < length:
             more = os.pread(self._fd, length - len(data), offset + len(data))
@@ -110,8 +113,7 @@ class FileReader:
     def mapped(self, offset: int, length: int) -> memoryview:
         """`length` bytes at `offset` as a view of the file's memory map: nothing is copied
         until the view is written out. Call `release` on the same range afterwards."""
-        if offset < 0 or offset + length > self.size:
-            raise CheckpointError(f"{self.path}: truncated: needs bytes {offset}..{offset + length}, file has {self.size}")
+        self._require(offset, length)
         return memoryview(self._map())[offset:offset + length]
 
     def release(self, offset: int, length: int) -> None:
