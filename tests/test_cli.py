@@ -23,7 +23,7 @@ def test_dry_run_prints_every_tensor_and_writes_nothing(gqa, tmp_path):
     layer = (2 * hidden + (per_rank_q + 2 * per_rank_kv) * (hidden + 1) + hidden * (per_rank_q + 1)
              + 2 * per_rank_ffn * (hidden + 1) + hidden * (per_rank_ffn + 1))
     floats = 101 * hidden + 4 * layer + hidden + 51 * hidden
-    assert lines[0] == f"plan: trtllm tp=2 pp=1, {2 * (1 + 4 * 12 + 2)} tensors, {2 * 4 * floats} bytes in 3 files"
+    assert lines[0] == f"plan: trtllm tp=2 pp=1, {2 * (1 + 4 * 12 + 2)} tensors, {2 * 4 * floats} bytes in 5 files"
     assert "rank1.safetensors" in lines
     assert "  transformer.layers.3.attention.qkv.weight  [48, 64]  float32" in lines
     assert "  lm_head.weight  [51, 64]  float32" in lines

@@ -94,7 +94,7 @@ def test_existing_output_is_refused_unless_overwrite(gqa, tmp_path):
     assert (existing / "keep.txt").read_text() == "mine"
     code, _, _ = run("convert", gqa, existing, "--to", "trtllm", "--overwrite")
     assert code == 0
-    assert sorted(p.name for p in existing.iterdir()) == ["config.json", "rank0.safetensors"]
+    assert sorted(p.name for p in existing.iterdir()) == ["config.json", "ferry_record.json", "generation_config.json", "rank0.safetensors"]
     assert leftovers(tmp_path) == []
 
 

@@ -34,7 +34,8 @@ def test_hf_to_trtllm_per_rank_logits_match_transformers(models, reference, tmp_
     ferry.convert(models[model], out, to="trtllm", tp=tp, pp=pp)
     cfg = read_config(out)
     assert cfg["mapping"] == {"world_size": tp * pp, "tp_size": tp, "pp_size": pp}
-    assert sorted(p.name for p in out.iterdir()) == ["config.json"] + [f"rank{r}.safetensors" for r in range(tp * pp)]
+    assert sorted(p.name for p in out.iterdir()) == (["config.json", "ferry_record.json", "generation_config.json"]
+                                                     + [f"rank{r}.safetensors" for r in range(tp * pp)])
     ids, expected = reference[model]
     got = ferry_logits(out, ids)  # each rank computes with its own file only
     assert (got - expected).abs().max().item() <= 1e-4
@@ -132,7 +133,7 @@ def test_cast_equals_tensor_to(models, tmp_path, dtype, torch_dtype):
 def test_mistral_is_carried_through(tmp_path):
     from helpers import make_llama
 
-    src = make_llama(tmp_path / "m", arch="mistral", heads=4, kv_heads=2, layers=2, sliding_window=4096)
+    src = make_llama(tmp_path / "m", arch="mistral", heads=4, kv_heads=2, layers=2, sliding_window=None)
     ferry.convert(src, tmp_path / "trt", to="trtllm", tp=2)
     assert read_config(tmp_path / "trt")["architecture"] == "MistralForCausalLM"
     ids = input_ids(101)
@@ -141,7 +142,20 @@ def test_mistral_is_carried_through(tmp_path):
     ferry.convert(tmp_path / "trt", tmp_path / "back", to="hf")
     cfg = read_config(tmp_path / "back")
     assert cfg["architectures"] == ["MistralForCausalLM"] and cfg["model_type"] == "mistral"
+    assert "sliding_window" in cfg and cfg["sliding_window"] is None  # absent, transformers would use 4096
     assert (hf_logits(tmp_path / "back", ids) - expected).abs().max().item() <= 1e-5
+
+
+def test_windowed_mistral_to_trtllm_is_refused_naming_the_window(tmp_path):
+    from helpers import make_llama, run
+
+    src = make_llama(tmp_path / "m", arch="mistral", heads=4, kv_heads=2, layers=2, sliding_window=5)
+    code, out, err = run("convert", src, tmp_path / "trt", "--to", "trtllm")
+    assert code == 2 and not (tmp_path / "trt").exists()
+    assert err.splitlines() == [
+        "ferry: error: attention.window = 5 tokens on every layer: TensorRT-LLM MistralForCausalLM (release 1.2 config) "
+        "cannot hold it (it holds only none (full attention)); TensorRT-LLM would run another model; serve the Hugging "
+        "Face checkpoint instead (TensorRT-LLM's PyTorch backend and vLLM read it)"]
 
 
 def test_llama3_rope_scaling_is_carried_and_computed(tmp_path):

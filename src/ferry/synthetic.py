@@ -13,7 +13,7 @@ from .dtypes import dtype_from_name
 from .executor import execute
 from .formats.base import Model, WriteOptions
 from .lazy import Lazy
-from .spec import ModelSpec
+from .spec import FLAT, ModelSpec
 
 
 class Random(Lazy):
@@ -58,7 +58,8 @@ def write_checkpoint(spec: ModelSpec, out: Path, to: str = "hf", seed: int = 0, 
 
 
 def llama_spec(layers=2, hidden=64, heads=8, kv_heads=2, ffn=96, vocab=101, dtype="float32", **kw) -> ModelSpec:
+    """A Llama spec; `kw` may name facts by their flat (`rope_theta`) or dotted (`positions.rope_theta`) names."""
     return ModelSpec(
         family="llama", num_layers=layers, hidden_size=hidden, num_heads=heads, num_kv_heads=kv_heads,
-        head_dim=hidden // heads, ffn_hidden_size=ffn, vocab_size=vocab, dtype=dtype, **kw,
-    ).validated()
+        head_dim=hidden // heads, ffn_hidden_size=ffn, vocab_size=vocab, dtype=dtype,
+    ).replace(**{".".join(FLAT[k]) if k in FLAT else k: v for k, v in kw.items()})

@@ -52,10 +52,12 @@ def by_trtllm_architecture(arch: str, where: str) -> Family:
 
 
 def infer(spec: ModelSpec, where: str) -> Family:
-    """The family whose graph is exactly this spec (for checkpoints that do not name one)."""
-    for f in all_families():
-        if f.matches(spec):
-            return f
+    """The family whose graph and facts are exactly this spec (for checkpoints that do not name
+    one); else the first whose graph fits (writing HF then names the fact its config cannot hold)."""
+    for facts in (True, False):
+        for f in all_families():
+            if f.matches(spec, facts):
+                return f
     reasons = []
     for f in all_families():
         try:

@@ -8,7 +8,8 @@ from typing import Any
 
 from ..errors import SpecError, UnsupportedError
 from ..rules import Rule
-from ..spec import ModelSpec
+from ..facts import Capabilities, check_carried
+from ..spec import ROPE_TYPES, ModelSpec
 
 # HF activation names -> ferry's (exact-erf "gelu" and the tanh approximation are different functions)
 HF_ACTIVATIONS = {
@@ -49,8 +50,11 @@ class ConfigFields:
         return HF_ACTIVATIONS[name]
 
 
-def rope_from_hf(f: ConfigFields) -> tuple[float, dict | None]:
-    """(rope_theta, rope_scaling) from a transformers v5 `rope_parameters` or v4 `rope_theta`/`rope_scaling`."""
+def rope_from_hf(f: ConfigFields, max_positions: int) -> tuple[float, dict | None]:
+    """(rope_theta, rope_scaling) from a transformers v5 `rope_parameters` or v4 `rope_theta`/`rope_scaling`.
+    The parameters transformers fills in from elsewhere are made explicit (llama3, yarn and longrope
+    take `original_max_position_embeddings` from the config's max_position_embeddings when absent),
+    so the scaling means the same wherever it is written."""
     params = f.cfg.get("rope_parameters")
     if isinstance(params, dict) and params:
         params = dict(params)
@@ -62,8 +66,16 @@ def rope_from_hf(f: ConfigFields) -> tuple[float, dict | None]:
     if scaling is not None:
         kind = scaling.pop("type", None) or scaling.get("rope_type") or "default"
         scaling["rope_type"] = kind
+        if "partial_rotary_factor" in scaling and scaling.pop("partial_rotary_factor") not in (None, 1, 1.0):
+            raise UnsupportedError(f"{f.where}: partial_rotary_factor is not supported for this architecture")
         if kind == "default":
-            scaling = None
+            return theta, None
+        if kind not in ROPE_TYPES:
+            raise UnsupportedError(f"{f.where}: rope_type {kind!r} is not supported (supported: {', '.join(ROPE_TYPES)})")
+        if kind in ("llama3", "yarn", "longrope"):
+            original = f.cfg.get("original_max_position_embeddings") or scaling.get("original_max_position_embeddings")
+            scaling["original_max_position_embeddings"] = original or max_positions
+        scaling = {k: v for k, v in scaling.items() if v is not None}
     return theta, scaling
 
 
@@ -76,6 +88,13 @@ def rope_to_hf(spec: ModelSpec) -> dict:
     return {"rope_parameters": params, "rope_theta": spec.rope_theta, "rope_scaling": scaling}
 
 
+def refuse_unknown_keys(cfg: dict, where: str, keys_and_neutral: dict) -> None:
+    """Config keys transformers would act on that this family does not model: refused unless neutral."""
+    for key, neutral in keys_and_neutral.items():
+        if cfg.get(key) not in (None, *neutral):
+            raise UnsupportedError(f"{where}: {key}={cfg[key]!r} is not supported (ferry would lose it)")
+
+
 class Family:
     name: str = ""
     hf_architectures: tuple[str, ...] = ()
@@ -84,13 +103,23 @@ class Family:
     hf_rules: tuple[Rule, ...] = ()
     hf_ignored: tuple[str, ...] = ()  # regexes: stored tensors deliberately dropped on read
     trtllm_architectures: tuple[str, ...] = ()
+    hf_holds: Capabilities = {}  # the facts (facts.py) this family's HF config can hold
 
     def check(self, spec: ModelSpec) -> None:
-        """Raise UnsupportedError when this family's graph cannot express `spec`."""
+        """Raise UnsupportedError when this family's graph cannot express `spec`'s tensors."""
 
-    def matches(self, spec: ModelSpec) -> bool:
+    def check_hf(self, spec: ModelSpec) -> list[str]:
+        """Refuse a fact this family's HF config cannot hold (one line naming it); notes otherwise."""
+        arch = spec.extra.get("hf_architecture", self.hf_architectures[0])
+        return check_carried(spec, self.hf_holds, f"Hugging Face {arch}",
+                             "keep it in a Megatron checkpoint (ferry keeps every fact there), or use a family that has it")
+
+    def matches(self, spec: ModelSpec, facts: bool = True) -> bool:
+        """Whether the graph (and, with `facts`, every fact) of `spec` fits this family."""
         try:
             self.check(spec)
+            if facts:
+                self.check_hf(spec)
         except UnsupportedError:
             return False
         return True
@@ -110,13 +139,25 @@ class Family:
         return any(re.fullmatch(p, name) for p in self.hf_ignored)
 
 
+TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def hf_metadata(cfg: dict, family: Family) -> dict:
+    """What an HF config says that changes nothing computed but must survive every format: the
+    architecture name, token ids, and the whole source config (fields ferry does not model)."""
+    arch = (cfg.get("architectures") or [family.hf_architectures[0]])[0]
+    meta = {"hf_architecture": arch if arch in family.hf_architectures else family.hf_architectures[0]}
+    meta.update({k: cfg[k] for k in TOKEN_IDS if k in cfg})
+    meta["hf_config"] = cfg
+    return meta
+
+
 def hf_common(spec: ModelSpec, family: Family) -> dict:
-    keep = {k: v for k, v in spec.extra.items() if k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    keep = {k: spec.extra[k] for k in TOKEN_IDS if k in spec.extra}
     return {
         "architectures": [spec.extra.get("hf_architecture", family.hf_architectures[0])],
         "model_type": family.hf_model_type,
         "dtype": spec.dtype,
-        "torch_dtype": spec.dtype,
         "tie_word_embeddings": spec.tie_word_embeddings,
         **keep,
     }

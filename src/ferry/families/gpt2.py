@@ -6,9 +6,10 @@ from __future__ import annotations
 from ..errors import UnsupportedError
 from ..ops import Split, Transpose
 from ..rules import Geometry, Rule
-from ..spec import ModelSpec
+from ..facts import ANY
+from ..spec import MLP, Attention, Embeddings, ModelSpec, Norms, Positions
 from . import register
-from .base import ConfigFields, Family, hf_common
+from .base import ConfigFields, Family, hf_common, hf_metadata
 
 P, C = "transformer.h.{layer}.", "layers.{layer}."
 QKV = (C + "attn.q.weight", C + "attn.k.weight", C + "attn.v.weight")
@@ -56,6 +57,7 @@ class GPT2(Family):
     hf_rules = GPT2_HF
     hf_ignored = (r"transformer\.h\.\d+\.attn\.(bias|masked_bias)",)
     trtllm_architectures = ("GPTForCausalLM",)
+    hf_holds = {"mlp.activation": ANY}
 
     def check(self, s: ModelSpec) -> None:
         problems = []
@@ -82,7 +84,6 @@ class GPT2(Family):
         if cfg.get("scale_attn_weights") is False:
             raise UnsupportedError(f"{where}: scale_attn_weights=false is not supported")
         hidden, heads = f.get("n_embd"), f.get("n_head")
-        extra = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if k in cfg}
         return ModelSpec(
             family=self.name,
             num_layers=f.get("n_layer"),
@@ -92,19 +93,14 @@ class GPT2(Family):
             head_dim=hidden // heads if heads else 0,
             ffn_hidden_size=f.get("n_inner", 4 * hidden),
             vocab_size=f.get("vocab_size"),
-            norm="layernorm",
-            norm_eps=f.get("layer_norm_epsilon", 1e-5, (float,)),
-            norm_bias=True,
-            activation=f.activation("activation_function", "gelu_new"),
-            gated_mlp=False,
-            position_embedding="learned",
             max_position_embeddings=f.get("n_positions", 1024),
-            qkv_bias=True,
-            attn_out_bias=True,
-            mlp_bias=True,
-            tie_word_embeddings=f.get("tie_word_embeddings", True, bool),
             dtype=str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32").replace("torch.", ""),
-            extra=extra,
+            attention=Attention(qkv_bias=True, out_bias=True),
+            positions=Positions(kind="learned"),
+            norms=Norms(kind="layernorm", eps=f.get("layer_norm_epsilon", 1e-5, (float,)), bias=True),
+            mlp=MLP(gated=False, activation=f.activation("activation_function", "gelu_new"), bias=True),
+            embeddings=Embeddings(tied=f.get("tie_word_embeddings", True, bool)),
+            extra=hf_metadata(cfg, self),
         ).validated()
 
     def hf_config(self, s: ModelSpec) -> dict:
@@ -121,8 +117,6 @@ class GPT2(Family):
             "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False,
             "reorder_and_upcast_attn": False,
-            "bos_token_id": s.extra.get("bos_token_id"),
-            "eos_token_id": s.extra.get("eos_token_id"),
         }
 
     def trtllm_extras(self, s: ModelSpec) -> dict:

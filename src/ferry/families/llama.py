@@ -4,10 +4,11 @@ grouped-query attention, SwiGLU MLP."""
 from __future__ import annotations
 
 from ..errors import UnsupportedError
+from ..facts import ANY, rope_types, single_window
 from ..rules import Rule
-from ..spec import ModelSpec
+from ..spec import MLP, ROPE_TYPES, Attention, Embeddings, ModelSpec, Norms, Positions, uniform_window
 from . import register
-from .base import ConfigFields, Family, hf_common, rope_from_hf, rope_to_hf
+from .base import ConfigFields, Family, hf_common, hf_metadata, refuse_unknown_keys, rope_from_hf, rope_to_hf
 
 P, C = "model.layers.{layer}.", "layers.{layer}."
 
@@ -34,6 +35,10 @@ LLAMA_HF = (
 )
 
 
+TRANSFORMERS_MISTRAL_WINDOW = 4096  # MistralConfig.sliding_window default
+HF_ACTIVATION_NAMES = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}
+
+
 class Llama(Family):
     name = "llama"
     hf_architectures = ("LlamaForCausalLM",)
@@ -42,13 +47,14 @@ class Llama(Family):
     hf_rules = LLAMA_HF
     hf_ignored = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
     trtllm_architectures = ("LlamaForCausalLM",)
+    hf_holds = {"positions.rope_scaling": rope_types(*ROPE_TYPES), "mlp.activation": ANY}
 
     def check(self, s: ModelSpec) -> None:
         problems = []
         if s.norm != "rmsnorm" or s.norm_bias:
             problems.append(f"norm {s.norm}{' with bias' if s.norm_bias else ''} (Llama uses RMSNorm)")
-        if s.position_embedding != "rope" or s.rope_interleaved:
-            problems.append("positions are not rotate-half RoPE")
+        if s.position_embedding != "rope":
+            problems.append("positions are not RoPE")
         if not s.gated_mlp:
             problems.append("MLP is not gated")
         if s.qkv_bias != s.attn_out_bias:
@@ -56,41 +62,38 @@ class Llama(Family):
         if problems:
             raise UnsupportedError(f"{self.name}: " + "; ".join(problems))
 
+    def window_from_hf(self, cfg: dict, f: ConfigFields, layers: int):
+        refuse_unknown_keys(cfg, f.where, {"sliding_window": (), "layer_types": (), "use_sliding_window": (False,)})
+        return None
+
     def spec_from_hf(self, cfg: dict, where: str) -> ModelSpec:
         f = ConfigFields(cfg, where)
+        refuse_unknown_keys(cfg, where, {"partial_rotary_factor": (1, 1.0), "pretraining_tp": (1,)})
         hidden, heads = f.get("hidden_size"), f.get("num_attention_heads")
-        theta, scaling = rope_from_hf(f)
+        layers, positions = f.get("num_hidden_layers"), f.get("max_position_embeddings", 2048)
+        theta, scaling = rope_from_hf(f, positions)
         attn_bias = f.get("attention_bias", False, bool)
-        extra = {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "sliding_window") if k in cfg}
-        extra["hf_architecture"] = (cfg.get("architectures") or [self.hf_architectures[0]])[0]
         return ModelSpec(
             family=self.name,
-            num_layers=f.get("num_hidden_layers"),
+            num_layers=layers,
             hidden_size=hidden,
             num_heads=heads,
             num_kv_heads=f.get("num_key_value_heads", heads),
             head_dim=f.get("head_dim", hidden // heads if heads else 0),
             ffn_hidden_size=f.get("intermediate_size"),
             vocab_size=f.get("vocab_size"),
-            norm="rmsnorm",
-            norm_eps=f.get("rms_norm_eps", 1e-6, (float,)),
-            activation=f.activation("hidden_act", "silu"),
-            gated_mlp=True,
-            position_embedding="rope",
-            max_position_embeddings=f.get("max_position_embeddings", 2048),
-            rope_theta=theta,
-            rope_scaling=scaling,
-            qkv_bias=attn_bias,
-            attn_out_bias=attn_bias,
-            mlp_bias=f.get("mlp_bias", False, bool),
-            tie_word_embeddings=f.get("tie_word_embeddings", False, bool),
+            max_position_embeddings=positions,
             dtype=str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32").replace("torch.", ""),
-            extra=extra,
+            attention=Attention(qkv_bias=attn_bias, out_bias=attn_bias, window=self.window_from_hf(cfg, f, layers)),
+            positions=Positions(kind="rope", rope_theta=theta, rope_scaling=scaling),
+            norms=Norms(kind="rmsnorm", eps=f.get("rms_norm_eps", 1e-6, (float,))),
+            mlp=MLP(gated=True, activation=f.activation("hidden_act", "silu"), bias=f.get("mlp_bias", False, bool)),
+            embeddings=Embeddings(tied=f.get("tie_word_embeddings", False, bool)),
+            extra=hf_metadata(cfg, self),
         ).validated()
 
     def hf_config(self, s: ModelSpec) -> dict:
-        activation = {"silu": "silu", "gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "relu": "relu"}[s.activation]
-        cfg = {
+        return {
             **hf_common(s, self),
             "hidden_size": s.hidden_size,
             "intermediate_size": s.ffn_hidden_size,
@@ -98,7 +101,7 @@ class Llama(Family):
             "num_attention_heads": s.num_heads,
             "num_key_value_heads": s.num_kv_heads,
             "head_dim": s.head_dim,
-            "hidden_act": activation,
+            "hidden_act": HF_ACTIVATION_NAMES[s.activation],
             "max_position_embeddings": s.max_position_embeddings,
             "rms_norm_eps": s.norm_eps,
             "attention_bias": s.qkv_bias,
@@ -106,9 +109,6 @@ class Llama(Family):
             "vocab_size": s.vocab_size,
             **rope_to_hf(s),
         }
-        if "sliding_window" in s.extra:
-            cfg["sliding_window"] = s.extra["sliding_window"]
-        return cfg
 
     def trtllm_extras(self, s: ModelSpec) -> dict:
         return {
@@ -122,13 +122,23 @@ class Llama(Family):
 
 
 class Mistral(Llama):
+    """Llama's graph with one sliding window on every layer (or none: `sliding_window: null`,
+    written explicitly, since transformers' MistralConfig defaults to 4096)."""
+
     name = "mistral"
     hf_architectures = ("MistralForCausalLM",)
     hf_model_type = "mistral"
     trtllm_architectures = ("MistralForCausalLM",)
+    hf_holds = {**Llama.hf_holds, "attention.window": single_window()}
 
-    def matches(self, spec: ModelSpec) -> bool:  # never inferred from a Megatron checkpoint
-        return spec.family == self.name and super().matches(spec)
+    def window_from_hf(self, cfg: dict, f: ConfigFields, layers: int):
+        refuse_unknown_keys(cfg, f.where, {"layer_types": ()})
+        window = cfg.get("sliding_window", TRANSFORMERS_MISTRAL_WINDOW)  # absent: transformers' default
+        window = None if window is None else f.get("sliding_window", TRANSFORMERS_MISTRAL_WINDOW)
+        return None if window is None else (window,) * layers
+
+    def hf_config(self, s: ModelSpec) -> dict:
+        return {**super().hf_config(s), "sliding_window": uniform_window(s.attention.window)}
 
 
 register(Llama())

@@ -34,6 +34,15 @@ AUX_FILES = (
 )
 
 
+def find_aux_files(*dirs: Path) -> list[Path]:
+    """Tokenizer files, generation_config.json and such in the first of `dirs` that has any."""
+    for d in dirs:
+        found = [d / n for n in AUX_FILES if (d / n).is_file()]
+        if found:
+            return found
+    return []
+
+
 def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -79,6 +88,7 @@ class HuggingFace(Format):
         family = families.by_hf_architecture(arch, str(cfg_path))
         spec = family.spec_from_hf(cfg, str(cfg_path))
         family.check(spec)
+        family.check_hf(spec)
         model = Model(spec=spec, tensors={}, format=self.name, path=path, hf_config=cfg)
         try:
             stored, where = self._stored_tensors(path, model)
@@ -102,7 +112,7 @@ class HuggingFace(Format):
                 raise CheckpointError(
                     f"{where.get(extra[0], path)}: unexpected tensor {extra[0]} (not part of a {arch} with this config)"
                 )
-            model.aux_files = [path / n for n in AUX_FILES if (path / n).is_file()]
+            model.aux_files = find_aux_files(path)
             model.info = {"files": sorted({str(Path(w).name) for w in where.values()}), "architecture": arch}
             return model
         except BaseException:
@@ -162,6 +172,7 @@ class HuggingFace(Format):
         spec = model.spec
         family = families.get(spec.family)
         family.check(spec)
+        notes = family.check_hf(spec)
         dtype = output_dtype(model, options)
         spec = spec.replace(dtype=dtype_name(dtype))
         stored = write_stored(bind(family.hf_rules, Geometry(spec)), model.tensors)
@@ -181,14 +192,21 @@ class HuggingFace(Format):
             files.append(JsonFile(SAFE_INDEX, {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}))
         files.append(JsonFile("config.json", self._config(model, spec, family)))
         files += [CopiedFile(p.name, p) for p in model.aux_files]
-        return Plan(self.name, spec, files, {"shards": len(shards)})
+        return Plan(self.name, spec, files, {"shards": len(shards)}, notes)
 
     def _config(self, model: Model, spec, family) -> dict:
-        if model.hf_config is not None:
-            cfg = dict(model.hf_config)  # pass the source's config through, fields we do not model included
-            cfg.update({"dtype": spec.dtype, "torch_dtype": spec.dtype} if "torch_dtype" in cfg else {"dtype": spec.dtype})
-            return cfg
-        return family.hf_config(spec)
+        """The family's config for `spec` over the source's own config.json (an HF source's, or
+        the one ferry's record kept through other formats), so fields ferry does not model stay
+        while every field that changes the computation is written from the spec."""
+        source = spec.extra.get("hf_config") or model.hf_config or {}
+        if (source.get("architectures") or [None])[0] not in family.hf_architectures:
+            source = {}  # another family's config: its fields mean something else here
+        cfg = {**source, **family.hf_config(spec)}
+        if "rope_parameters" in source:  # a transformers v5 config: keep its one spelling
+            cfg = {k: v for k, v in cfg.items() if k in source or k not in ("rope_theta", "rope_scaling")}
+        if "torch_dtype" in cfg:
+            cfg["torch_dtype"] = spec.dtype
+        return cfg
 
 
 def split_shards(tensors: list[PlannedTensor], max_bytes: int) -> list[list[PlannedTensor]]:

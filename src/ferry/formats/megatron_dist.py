@@ -20,6 +20,7 @@ from ..errors import CheckpointError, UnsupportedError
 from ..io import torch_zip
 from ..lazy import Lazy, Tiled, Unsqueeze
 from ..plan import (
+    CopiedFile,
     JsonFile,
     Plan,
     PlannedFile,
@@ -30,7 +31,7 @@ from ..plan import (
 from ..rules import Geometry, bind, check_shape, read_canonical, shard, write_stored
 from . import register
 from .base import Format, Model, ReadOptions, WriteOptions, cast_float
-from .hf import read_json
+from .hf import find_aux_files, read_json
 from .megatron_common import (
     TRACKER,
     MegatronTarget,
@@ -94,6 +95,7 @@ class MegatronDist(Format):
                 raise CheckpointError(f"{metadata_file}: unexpected tensor {extra[0]}")
             model.parallel = {"tp": layout["tp"], "pp": layout["pp"]}
             model.source_args = vars(common["args"]) if hasattr(common["args"], "__dict__") else dict(common["args"])
+            model.aux_files = find_aux_files(iter_dir.parent, path)
             model.info = {
                 "iteration": iteration,
                 "trained_with": {"tp": layout["tp"], "pp": layout["pp"]},
@@ -165,8 +167,9 @@ class MegatronDist(Format):
             JsonFile(f"{it_dir}/metadata.json", METADATA_JSON),
             MetadataFile(f"{it_dir}/.metadata", ledger),
             TextFile(TRACKER, str(iteration)),
+            *[CopiedFile(p.name, p) for p in model.aux_files],
         ]
-        return Plan(self.name, spec, files, {"tp": tp, "pp": pp})
+        return Plan(self.name, spec, files, {"tp": tp, "pp": pp}, list(target.notes))
 
     @staticmethod
     def _rank_items(stored, spec, tp, tp_rank, stages, stage, dtype) -> list[Item]:

@@ -13,10 +13,11 @@ from ..errors import CheckpointError, UnsupportedError
 from ..io import torch_zip
 from ..lazy import Lazy
 from ..parallel import RankedReader, even_stages, split_to_ranks, stages_from_files
-from ..plan import Plan, PlannedTensor, TextFile, TorchArchiveFile
+from ..plan import CopiedFile, Plan, PlannedTensor, TextFile, TorchArchiveFile
 from ..rules import Geometry, bind, read_canonical, write_stored
 from . import register
 from .base import Format, Model, ReadOptions, WriteOptions, cast_float
+from .hf import find_aux_files
 from .megatron_common import (
     TRACKER,
     MegatronTarget,
@@ -105,6 +106,7 @@ class MegatronLegacy(Format):
                 ],
             }
             model.source_args = vars(args) if hasattr(args, "__dict__") else dict(args)
+            model.aux_files = find_aux_files(iter_dir.parent, path)
             return model
         except BaseException:
             model.close()
@@ -153,7 +155,9 @@ class MegatronLegacy(Format):
             obj = {"args": args, "checkpoint_version": 3.0, "iteration": args.iteration, "model": state}
             path = f"{iteration_name(iteration)}/{rank_dir_name(tp_rank, stage, pp)}/{FILE}"
             files.append(TorchArchiveFile(path, obj, slots, planned))
-        notes = [f"Megatron-LM loads this with --load {{OUT}}{' (a release checkpoint: weights only)' if iteration == 'release' else ''}"]
+        files += [CopiedFile(p.name, p) for p in model.aux_files]
+        notes = [*target.notes,
+                 f"Megatron-LM loads this with --load {{OUT}}{' (a release checkpoint: weights only)' if iteration == 'release' else ''}"]
         return Plan(self.name, spec, files, {"tp": tp, "pp": pp, "layer_spec": norms}, notes)
 
 

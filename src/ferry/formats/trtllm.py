@@ -14,7 +14,10 @@ import json
 import math
 from pathlib import Path
 
-from .. import families
+from .. import families, record
+from ..facts import Holds, check_carried, rope_types
+from ..families.base import rope_from_hf
+from ..spec import MLP, ROPE_TYPES, Attention, Embeddings, ModelSpec, Norms, Positions
 from ..dtypes import dtype_from_name, dtype_name
 from ..errors import CheckpointError, SpecError, UnsupportedError
 from ..io import safetensors as st
@@ -26,11 +29,11 @@ from ..parallel import (
     split_to_ranks,
     stages_from_files,
 )
-from ..plan import JsonFile, Plan, PlannedTensor, SafetensorsFile
+from ..plan import CopiedFile, JsonFile, Plan, PlannedTensor, SafetensorsFile
 from ..rules import COLUMN, ROW, Geometry, Rule, bind, read_canonical, write_stored
 from . import register
 from .base import Format, Model, ReadOptions, WriteOptions, cast_float, output_dtype
-from .hf import read_json
+from .hf import find_aux_files, read_json
 
 T, C = "transformer.layers.{layer}.", "layers.{layer}."
 QKV = (C + "attn.q.weight", C + "attn.k.weight", C + "attn.v.weight")
@@ -106,6 +109,16 @@ ACT_FROM_TRT = {"silu": "silu", "swiglu": "silu", "gelu": "gelu", "geglu": "gelu
                 "gelu_pytorch_tanh": "gelu_tanh", "fast-gelu": "gelu_tanh", "openai-gelu": "gelu_tanh", "relu": "relu"}
 
 
+def with_record(spec, path: Path):
+    """The metadata of ferry's record beside config.json (architecture, token ids, source config)."""
+    if not path.is_file():
+        return spec
+    family, _facts, metadata = record.parse(read_json(path), str(path))
+    if family != spec.family:
+        return spec  # the config was rewritten for another family since: the record describes something else
+    return ModelSpec(**{**{k: getattr(spec, k) for k in spec.__dataclass_fields__}, "extra": {**metadata, **spec.extra}})
+
+
 def check_split(spec, tp: int, pp: int) -> None:
     nh, nkv = spec.num_heads, spec.num_kv_heads
     if tp < 1 or pp < 1:
@@ -152,6 +165,8 @@ class TensorRTLLM(Format):
             geo = Geometry(spec, tp, pp, vocab_rows=math.ceil(spec.vocab_size / tp) * tp, parallel_embedding=layout["parallel_embedding"])
             model.tensors = read_canonical(bind(TRTLLM_RULES, geo), spec, reader.fetch)
             reader.check_all_consumed()
+            model.spec = with_record(spec, path / record.TRTLLM_FILE)
+            model.aux_files = find_aux_files(path)
             model.info = {"stages": [[s.start, s.stop] for s in stages], **layout}
             return model
         except BaseException:
@@ -175,6 +190,7 @@ class TensorRTLLM(Format):
         spec, tp, pp = model.spec, options.tp, options.pp
         family = families.get(spec.family)
         check_split(spec, tp, pp)
+        notes = check_facts(spec, trtllm_architecture(spec, family))
         dtype = output_dtype(model, options)
         spec = spec.replace(dtype=dtype_name(dtype))
         geo = Geometry(spec, tp, pp, vocab_rows=math.ceil(spec.vocab_size / tp) * tp, parallel_embedding=options.parallel_embedding)
@@ -185,18 +201,41 @@ class TensorRTLLM(Format):
             for (stage, tp_rank), tensors in pieces.items()
         ]
         files.insert(0, JsonFile("config.json", config_for(spec, family, tp, pp, options.parallel_embedding)))
-        notes = []
-        if spec.activation == "gelu":
-            notes.append("TensorRT-LLM computes 'gelu' with the tanh approximation; this model was trained with exact "
-                         "(erf) GELU, so engine logits will differ slightly (about 1e-3) from the source model")
+        files.append(JsonFile(record.TRTLLM_FILE, record.make(spec)))
+        files += [CopiedFile(p.name, p) for p in model.aux_files]
         return Plan(self.name, spec, files, {"tp": tp, "pp": pp}, notes)
+
+
+GELU_NOTE = ("TensorRT-LLM computes 'gelu' with the tanh approximation; this model was trained with exact "
+             "(erf) GELU, so engine logits will differ slightly (about 1e-3) from the source model")
+# What release 1.2's config classes read (LLaMAConfig: rotary_scaling of every HF rope type; no
+# attention window: the engine takes that at run time, so a windowed model is refused)
+ACTIVATION = Holds(values="silu, gelu (tanh in the engine), gelu_tanh, relu")
+HOLDS = {
+    "LlamaForCausalLM": {"positions.rope_scaling": rope_types(*ROPE_TYPES), "mlp.activation": (
+        Holds(lambda v, s: v == "gelu", note=GELU_NOTE), ACTIVATION)},
+    "GPTForCausalLM": {"mlp.activation": (Holds(lambda v, s: v == "gelu", note=GELU_NOTE), ACTIVATION)},
+}
+HOLDS["MistralForCausalLM"] = HOLDS["LlamaForCausalLM"]
+# config fields of those classes that change the computation and that ferry does not model: refused unless neutral
+UNMODELLED = {"embedding_multiplier": (1, 1.0), "attention_multiplier": (1, 1.0), "residual_multiplier": (1, 1.0),
+              "output_multiplier_scale": (1, 1.0), "residual_mlp": (False,), "qk_layernorm": (False,),
+              "rotary_pct": (1, 1.0), "embedding_scale": (), "q_scaling": (1, 1.0),
+              "apply_query_key_layer_scaling": (False,), "sliding_window": (), "inner_layernorm": (False,),
+              "parallel_attention": (False,)}
+
+
+def check_facts(spec, architecture: str) -> list[str]:
+    return check_carried(spec, HOLDS.get(architecture, {}), f"TensorRT-LLM {architecture} (release 1.2 config)",
+                         "TensorRT-LLM would run another model; serve the Hugging Face checkpoint instead "
+                         "(TensorRT-LLM's PyTorch backend and vLLM read it)")
 
 
 def config_for(spec, family, tp: int, pp: int, parallel_embedding: bool) -> dict:
     """The fields every 0.x-1.2 release accepts (Mapping and QuantConfig reject unknown keys, so
     the mapping is the minimal {world_size, tp_size, pp_size})."""
     return {
-        "architecture": spec.extra.get("trtllm_architecture", family.trtllm_architectures[0]),
+        "architecture": trtllm_architecture(spec, family),
         "dtype": spec.dtype,
         "logits_dtype": "float32",
         "vocab_size": spec.vocab_size,
@@ -220,9 +259,13 @@ def config_for(spec, family, tp: int, pp: int, parallel_embedding: bool) -> dict
     }
 
 
+def trtllm_architecture(spec, family) -> str:
+    arch = spec.extra.get("trtllm_architecture") or spec.extra.get("hf_architecture")
+    return arch if arch in family.trtllm_architectures else family.trtllm_architectures[0]
+
+
 def spec_from_config(cfg: dict, where: str):
-    from ..families.base import ConfigFields
-    from ..spec import ModelSpec
+    from ..families.base import ConfigFields, refuse_unknown_keys
 
     f = ConfigFields(cfg, where)
     arch = f.get("architecture", kind=str)
@@ -230,6 +273,7 @@ def spec_from_config(cfg: dict, where: str):
     quant = cfg.get("quantization") or {}
     if quant.get("quant_algo") or quant.get("kv_cache_quant_algo"):
         raise UnsupportedError(f"{where}: quantized checkpoints ({quant}) are not read yet")
+    refuse_unknown_keys(cfg, where, UNMODELLED)
     mapping = f.get("mapping", {}, dict)
     mf = ConfigFields(mapping, f"{where}: mapping")
     tp, pp = mf.get("tp_size", 1), mf.get("pp_size", 1)
@@ -246,9 +290,10 @@ def spec_from_config(cfg: dict, where: str):
     position = f.get("position_embedding_type", "learned_absolute", str)
     if position not in ("learned_absolute", "rope_gpt_neox"):
         raise UnsupportedError(f"{where}: position_embedding_type {position!r} is not supported")
-    scaling = dict(cfg["rotary_scaling"]) if cfg.get("rotary_scaling") else None
-    if scaling:
-        scaling["rope_type"] = scaling.pop("type", None) or scaling.get("rope_type")
+    max_positions = f.get("max_position_embeddings", 2048)
+    scaling = None
+    if cfg.get("rotary_scaling"):
+        _, scaling = rope_from_hf(ConfigFields({"rope_scaling": f.get("rotary_scaling", kind=dict)}, where), max_positions)
     spec = ModelSpec(
         family=family.name,
         num_layers=f.get("num_hidden_layers"),
@@ -258,20 +303,16 @@ def spec_from_config(cfg: dict, where: str):
         head_dim=f.get("head_size", hidden // heads if heads else 0),
         ffn_hidden_size=f.get("intermediate_size", 4 * hidden),
         vocab_size=f.get("vocab_size"),
-        norm="layernorm" if is_gpt else "rmsnorm",
-        norm_eps=f.get("norm_epsilon", 1e-5, (float,)),
-        norm_bias=is_gpt,
-        activation=ACT_FROM_TRT[act_name],
-        gated_mlp=(not is_gpt) or act_name in ("swiglu", "geglu"),
-        position_embedding="rope" if position == "rope_gpt_neox" else "learned",
-        max_position_embeddings=f.get("max_position_embeddings", 2048),
-        rope_theta=f.get("rotary_base", 10000.0, (float,)),
-        rope_scaling=scaling,
-        qkv_bias=bias if is_gpt else f.get("attn_bias", False, bool),
-        attn_out_bias=bias if is_gpt else f.get("attn_bias", False, bool),
-        mlp_bias=bias if is_gpt else f.get("mlp_bias", False, bool),
-        tie_word_embeddings=f.get("tie_word_embeddings", False, bool),
+        max_position_embeddings=max_positions,
         dtype=dtype_name(dtype_from_name(f.get("dtype", kind=str), f"{where}: dtype")),
+        attention=Attention(qkv_bias=bias if is_gpt else f.get("attn_bias", False, bool),
+                            out_bias=bias if is_gpt else f.get("attn_bias", False, bool)),
+        positions=Positions(kind="rope" if position == "rope_gpt_neox" else "learned",
+                            rope_theta=f.get("rotary_base", 10000.0, (float,)), rope_scaling=scaling),
+        norms=Norms(kind="layernorm" if is_gpt else "rmsnorm", eps=f.get("norm_epsilon", 1e-5, (float,)), bias=is_gpt),
+        mlp=MLP(gated=(not is_gpt) or act_name in ("swiglu", "geglu"), activation=ACT_FROM_TRT[act_name],
+                bias=bias if is_gpt else f.get("mlp_bias", False, bool)),
+        embeddings=Embeddings(tied=f.get("tie_word_embeddings", False, bool)),
         extra={"trtllm_architecture": arch},
     ).validated()
     family.check(spec)

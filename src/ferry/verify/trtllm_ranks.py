@@ -69,8 +69,10 @@ def _forward(spec, tp, pp, parallel, get, input_ids):
                 q, k, v = qkv.split([heads_r * hd, kv_r * hd, kv_r * hd], dim=-1)
                 q, k, v = K.heads(q, heads_r, hd), K.heads(k, kv_r, hd), K.heads(v, kv_r, hd)
                 if cos is not None:
-                    q, k = K.apply_rope(q, cos, sin), K.apply_rope(k, cos, sin)
-                attn = attn + K.linear(K.attention(q, k, v), get(r, p + "attention.dense.weight"))
+                    q, k = K.apply_rope(q, cos, sin, spec.rope_interleaved), K.apply_rope(k, cos, sin, spec.rope_interleaved)
+                ctx = K.attention(q, k, v, window=spec.attention.window_of(stage * per_stage + layer),
+                                  scale=spec.attention.scale, softcap=spec.attention.softcap)
+                attn = attn + K.linear(ctx, get(r, p + "attention.dense.weight"))
             bias = get(first, p + "attention.dense.bias")
             x = x + (attn if bias is None else attn + bias)
             h = K.norm(spec, x, get(first, p + "post_layernorm.weight"), get(first, p + "post_layernorm.bias"))
