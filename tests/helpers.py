@@ -129,3 +129,25 @@ class Exploit:
         import os
 
         return (os.system, (f"touch {self.marker}",))
+
+
+TINY = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=12, vocab_size=67, max_position_embeddings=16, initializer_range=0.2)
+
+
+def make_tiny(path: Path, arch: str = "llama", seed: int = 0, **config) -> Path:
+    """A 2-layer model (hidden 32, 4 heads of 12 != 32/4, 2 kv heads, vocab 67, 16 trained
+    positions) of transformers' class for `arch`, config fields overridden by `config`."""
+    import transformers
+
+    torch.manual_seed(seed)
+    if arch == "gpt2":
+        cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=67, n_positions=32,
+                                      initializer_range=0.2, bos_token_id=1, eos_token_id=2, **config)
+        model = transformers.GPT2LMHeadModel(cfg)
+    else:
+        conf_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                               "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[arch]
+        model = model_cls(conf_cls(**{**TINY, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, **config}))
+    randomize_(model, seed)
+    return save_hf(model.eval(), path)

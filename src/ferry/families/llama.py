@@ -137,8 +137,14 @@ class Mistral(Llama):
         window = None if window is None else f.get("sliding_window", TRANSFORMERS_MISTRAL_WINDOW)
         return None if window is None else (window,) * layers
 
+    def check(self, s: ModelSpec) -> None:
+        super().check(s)
+        if s.qkv_bias or s.mlp_bias:
+            raise UnsupportedError(f"{self.name}: biased linears (transformers' Mistral has none)")
+
     def hf_config(self, s: ModelSpec) -> dict:
-        return {**super().hf_config(s), "sliding_window": uniform_window(s.attention.window)}
+        cfg = {k: v for k, v in super().hf_config(s).items() if k not in ("attention_bias", "mlp_bias")}
+        return {**cfg, "sliding_window": uniform_window(s.attention.window)}
 
 
 register(Llama())

@@ -192,6 +192,21 @@ def spec_from_args(ns, where: str, vocab_size: int | None = None, dtype: DType |
     return spec, layout
 
 
+YARN_DEFAULTS = {"beta_fast": 32, "beta_slow": 1, "truncate": True}
+
+
+def _same_meaning(a, b) -> bool:
+    """Two rope scalings that differ only in parameters written out at their default values."""
+    def filled(s):
+        if not isinstance(s, dict) or s.get("rope_type") != "yarn":
+            return s
+        s = {**YARN_DEFAULTS, **s}
+        if not s.get("mscale_all_dim"):
+            s.pop("mscale", None), s.pop("mscale_all_dim", None)
+        return s
+    return filled(a) == filled(b)
+
+
 def _with_record(spec: ModelSpec, ferry_record, where: str) -> ModelSpec:
     """Facts Megatron-LM's arguments cannot hold, the family and the metadata, from ferry's record.
     A fact the arguments do hold is taken from them (they win when edited after ferry wrote them)."""
@@ -201,8 +216,8 @@ def _with_record(spec: ModelSpec, ferry_record, where: str) -> ModelSpec:
     recorded = ModelSpec.from_facts(family, {**facts, "dtype": spec.dtype})
     changes = {}
     for fact in FACTS:
-        value = fact.get(recorded)
-        if value != fact.get(spec) and not _native(fact.name, value, spec):
+        value, native = fact.get(recorded), fact.get(spec)
+        if value != native and (_same_meaning(value, native) or not _native(fact.name, value, spec)):
             changes[fact.name] = value
     known = {f.name for f in families.all_families()}
     spec = spec.replace(**changes, family=family if family in known else "")
