@@ -146,3 +146,38 @@ def test_reference_forward_matches_transformers_past_every_boundary(sources, var
             if getattr(getattr(model.spec, group), key) not in (neutral, None) and model.spec.mlp.gated:
                 dropped = model.spec.replace(**{fact: neutral})
                 assert (canonical_logits(dropped, model.tensors, ids) - expected).abs().max().item() > 1e-3, fact
+
+
+@pytest.mark.parametrize("facts, args", [
+    ({"attention.window": (5, 5)}, {"window_size": (4, 0), "window_attn_skip_freq": None}),
+    ({"attention.window": (5, None)}, {"window_size": (4, 0), "window_attn_skip_freq": [1, 0]}),
+    ({"positions.rope_scaling": {"rope_type": "linear", "factor": 2.0}}, {"rotary_seq_len_interpolation_factor": 2.0}),
+    ({"positions.rope_scaling": {**LLAMA3, "original_max_position_embeddings": 8192}},
+     {"use_rope_scaling": True, "rope_scaling_factor": 8.0}),
+    ({"positions.rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8}},
+     {"position_embedding_type": "yarn", "yarn_rotary_scaling_factor": 4.0, "yarn_original_max_position_embeddings": 8}),
+    ({"positions.rotary_fraction": 0.5}, {"rotary_percent": 0.5}),
+    ({"positions.interleaved": True}, {"rotary_interleaved": True}),
+    ({"norms.offset": 1.0}, {"apply_layernorm_1p": True}),
+    ({"mlp.activation": "gelu", "mlp.gated": False}, {"swiglu": False, "openai_gelu": False}),
+    ({"mlp.activation": "gelu_tanh", "mlp.gated": False}, {"swiglu": False, "openai_gelu": True}),
+])
+def test_megatron_arguments_hold_these_facts_without_ferrys_record(facts, args):
+    """Written under megatron-core 0.16.1's names and read back from them alone (no args.ferry)."""
+    import argparse
+
+    from ferry.formats.megatron_common import args_for, check_facts, spec_from_args
+    from ferry.synthetic import llama_spec
+
+    spec = llama_spec(layers=2, hidden=32, heads=4, kv_heads=2, ffn=48, vocab=67)
+    if facts.get("mlp.gated") is False:  # a GPT-2 graph
+        spec = spec.replace(family="gpt2", num_kv_heads=4, head_dim=8, **{
+            "norms.kind": "layernorm", "norms.bias": True, "positions.kind": "learned", "attention.qkv_bias": True,
+            "attention.out_bias": True, "mlp.bias": True})
+    spec = spec.replace(**facts)
+    assert check_facts(spec) == []  # nothing left to the record
+    written = vars(args_for(spec, 1, 1, 128, 128, "local"))
+    assert {k: written[k] for k in args} == args
+    del written["ferry"]
+    back, _ = spec_from_args(argparse.Namespace(**written), "args")
+    assert differing_facts(spec, back) == []

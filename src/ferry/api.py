@@ -86,28 +86,33 @@ def convert(
     )
     with read(src, vocab_size=vocab_size) as model:
         plan = fmt.plan(model, options)
-        plan.notes = model.notes + plan.notes
+        plan.notes = [n.replace("{OUT}", str(out)) for n in model.notes + plan.notes]
         if not dry_run:
             execute(plan, out, overwrite=overwrite, progress=progress, threads=threads, max_memory=max_memory)
     return plan
 
 
 def inspect(path: str | Path) -> dict:
-    """Format, family, spec, parallelism, tensor count and bytes of a checkpoint.
+    """Format, family, facts, metadata, parallelism, tensor count and bytes of a checkpoint.
 
     Example:
         >>> ferry.inspect("llama-trt")["parallel"]
         {'tp': 2, 'pp': 1}
     """
+    from .record import METADATA_KEYS
+
     with read(path) as model:
         tensors = model.tensors
+        spec = model.spec
         return {
             "path": str(model.path),
             "format": model.format,
-            "family": model.spec.family,
+            "family": spec.family,
             "parallel": model.parallel,
-            "dtype": model.spec.dtype,
-            "spec": {k: v for k, v in model.spec.to_dict().items() if k != "extra"},
+            "dtype": spec.dtype,
+            "spec": spec.facts_dict(),
+            "metadata": {k: spec.extra[k] for k in METADATA_KEYS if k in spec.extra and k != "hf_config"},
+            "aux_files": [p.name for p in model.aux_files],
             "tensors": len(tensors),
             "bytes": sum(t.nbytes for t in tensors.values()),
             "parameters": sum(t.numel for t in tensors.values()),
@@ -115,13 +120,20 @@ def inspect(path: str | Path) -> dict:
         }
 
 
-def verify(src: str | Path, out: str | Path, *, batch: int = 2, seq_len: int = 16, seed: int = 0,
+def verify(src: str | Path, out: str | Path, *, batch: int | None = None, seq_len: int | None = None, seed: int = 0,
            atol: float | None = None, rtol: float | None = None):
-    """Run both checkpoints through ferry's reference forward (per rank for TensorRT-LLM) on the
-    same random token ids and compare logits.
+    """Compare two checkpoints: their facts first (any difference fails, named), then their
+    logits through ferry's reference forward (per rank for TensorRT-LLM) on the same random
+    token ids, a probe long enough to pass every window and rope boundary of the config.
+
+    Args:
+        batch, seq_len: probe size; default: long enough to cross every boundary (batch 1 past 64 tokens).
+        seed: token ids' seed.
+        atol, rtol: tolerance (default by the less precise dtype of the two).
 
     Returns:
-        A `Report` (max abs / rel difference, top-1 agreement, tolerance, passed).
+        A `Report`: fact differences, boundaries crossed, max abs / rel logit difference,
+        top-1 agreement, tolerance, passed.
 
     Example:
         >>> ferry.verify("llama-hf", "llama-trt").passed

@@ -42,6 +42,10 @@ def detect(path: Path) -> Format:
     for fmt in _FORMATS.values():
         if fmt.detect(path):
             return fmt
+    for fmt in _FORMATS.values():
+        reason = fmt.why_not(path)
+        if reason:
+            raise CheckpointError(reason)
     raise CheckpointError(f"{path}: not a checkpoint ferry recognises ({'; '.join(f.description for f in _FORMATS.values())})")
 
 

@@ -64,6 +64,10 @@ class Format:
     def detect(self, path: Path) -> bool:
         raise NotImplementedError
 
+    def why_not(self, path: Path) -> str | None:
+        """When `path` looks like this format but is not readable as it, the one-line reason."""
+        return None
+
     def read(self, path: Path, options: ReadOptions) -> Model:
         raise NotImplementedError
 

@@ -78,6 +78,18 @@ class HuggingFace(Format):
             return False
         return isinstance(cfg, dict) and "architectures" in cfg
 
+    def why_not(self, path):
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            return None
+        cfg = read_json(cfg_path)  # raises, naming the file, when it is not a JSON object
+        if "architecture" in cfg:
+            return None  # TensorRT-LLM's config: its own detection says what is missing
+        if "architectures" not in cfg:
+            return (f"{cfg_path}: field architectures is missing (a Hugging Face config names the model class there, "
+                    "e.g. [\"LlamaForCausalLM\"])")
+        return None
+
     # -- reading -------------------------------------------------------------------------------
     def read(self, path, options: ReadOptions) -> Model:
         cfg_path = path / "config.json"

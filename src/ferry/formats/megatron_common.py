@@ -104,15 +104,16 @@ def window_from_args(args: dict, num_layers: int, where: str) -> tuple | None:
 
 
 def rope_scaling_from_args(args: dict, position: str) -> dict | None:
-    if position == "yarn":
-        return {k: v for k, v in {
+    if position == "yarn":  # parameters at transformers' defaults are left out, as an HF config does
+        given = {
             "rope_type": "yarn", "factor": float(args.get("yarn_rotary_scaling_factor") or 1.0),
             "original_max_position_embeddings": args.get("yarn_original_max_position_embeddings"),
             "beta_fast": args.get("yarn_beta_fast"), "beta_slow": args.get("yarn_beta_slow"),
             "mscale": args.get("yarn_mscale") if args.get("yarn_mscale_all_dim") else None,
             "mscale_all_dim": args.get("yarn_mscale_all_dim") or None,
             "truncate": args.get("yarn_correction_range_round_to_int"),
-        }.items() if v is not None}
+        }
+        return {k: v for k, v in given.items() if v is not None and YARN_DEFAULTS.get(k, object()) != v}
     if args.get("use_rope_scaling"):
         return {"rope_type": "llama3", "factor": float(args.get("rope_scaling_factor") or 8.0), **MEGATRON_LLAMA3_SCALING}
     if args.get("rotary_seq_len_interpolation_factor"):

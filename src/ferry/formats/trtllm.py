@@ -150,6 +150,12 @@ class TensorRTLLM(Format):
         except (json.JSONDecodeError, UnicodeDecodeError):
             return False
 
+    def why_not(self, path):
+        cfg = path / "config.json"
+        if cfg.is_file() and "architecture" in read_json(cfg) and not (path / "rank0.safetensors").is_file():
+            return f"{path / 'rank0.safetensors'}: missing (config.json is a TensorRT-LLM checkpoint config)"
+        return None
+
     # -- reading -------------------------------------------------------------------------------
     def read(self, path, options: ReadOptions) -> Model:
         cfg_path = path / "config.json"
