@@ -63,8 +63,7 @@ class Llama(Family):
             raise UnsupportedError(f"{self.name}: " + "; ".join(problems))
 
     def window_from_hf(self, cfg: dict, f: ConfigFields, layers: int):
-        refuse_unknown_keys(cfg, f.where, {"sliding_window": (), "layer_types": (), "use_sliding_window": (False,)})
-        return None
+        return None  # transformers' Llama reads no window (a `sliding_window` key there changes nothing)
 
     def spec_from_hf(self, cfg: dict, where: str) -> ModelSpec:
         f = ConfigFields(cfg, where)
@@ -132,7 +131,7 @@ class Mistral(Llama):
     hf_holds = {**Llama.hf_holds, "attention.window": single_window()}
 
     def window_from_hf(self, cfg: dict, f: ConfigFields, layers: int):
-        refuse_unknown_keys(cfg, f.where, {"layer_types": ()})
+        # transformers' Mistral applies `sliding_window` to every layer (it ignores `layer_types`)
         window = cfg.get("sliding_window", TRANSFORMERS_MISTRAL_WINDOW)  # absent: transformers' default
         window = None if window is None else f.get("sliding_window", TRANSFORMERS_MISTRAL_WINDOW)
         return None if window is None else (window,) * layers
