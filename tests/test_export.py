@@ -113,3 +113,13 @@ def test_unknown_key_is_named():
     with pytest.raises(ExportConfigError) as e:
         trtllm_weights(state, config, ExportConfig(), **FACTS["llama"])
     assert str(e.value) == "model_state_dict: no TensorRT-LLM counterpart for decoder.layers.0.self_attention.q_layernorm.weight"
+
+
+def test_a_window_in_the_transformer_config_is_refused_not_dropped():
+    from ferry.errors import UnsupportedError
+
+    state, config = live("llama")
+    with pytest.raises(UnsupportedError) as e:
+        trtllm_weights(state, {**config, "window_size": [7, 0]}, ExportConfig(), **FACTS["llama"])
+    assert str(e.value).startswith("attention.window = 8 tokens on every layer: TensorRT-LLM MistralForCausalLM "
+                                   "(release 1.2 config) cannot hold it")

@@ -159,6 +159,7 @@ def test_reference_forward_matches_transformers_past_every_boundary(sources, var
     ({"positions.rotary_fraction": 0.5}, {"rotary_percent": 0.5}),
     ({"positions.interleaved": True}, {"rotary_interleaved": True}),
     ({"norms.offset": 1.0}, {"apply_layernorm_1p": True}),
+    ({"attention.scale": 0.25}, {"softmax_scale": 0.25}),
     ({"mlp.activation": "gelu", "mlp.gated": False}, {"swiglu": False, "openai_gelu": False}),
     ({"mlp.activation": "gelu_tanh", "mlp.gated": False}, {"swiglu": False, "openai_gelu": True}),
 ])
