@@ -67,7 +67,7 @@ class Llama(Family):
 
     def spec_from_hf(self, cfg: dict, where: str) -> ModelSpec:
         f = ConfigFields(cfg, where)
-        refuse_unknown_keys(cfg, where, {"partial_rotary_factor": (1, 1.0), "pretraining_tp": (1,)})
+        refuse_unknown_keys(cfg, where, {"partial_rotary_factor": (1, 1.0)})
         hidden, heads = f.get("hidden_size"), f.get("num_attention_heads")
         layers, positions = f.get("num_hidden_layers"), f.get("max_position_embeddings", 2048)
         theta, scaling = rope_from_hf(f, positions)
