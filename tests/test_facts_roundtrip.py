@@ -14,7 +14,6 @@ import torch
 from helpers import hf_logits, make_tiny, run
 
 import ferry
-from ferry.errors import FerryError
 from ferry.facts import differing_facts
 
 SEQ = 24  # > max_position_embeddings (16), > every original_max_position_embeddings (8), > the window (5)

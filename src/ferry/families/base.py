@@ -7,8 +7,8 @@ import re
 from typing import Any
 
 from ..errors import SpecError, UnsupportedError
-from ..rules import Rule
 from ..facts import Capabilities, check_carried
+from ..rules import Rule
 from ..spec import ROPE_TYPES, ModelSpec
 
 # HF activation names -> ferry's (exact-erf "gelu" and the tanh approximation are different functions)

@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import dataclasses
-
 from .. import families, record
-from ..facts import FACTS, Holds, check_carried
 from ..dtypes import BFLOAT16, FLOAT16, FLOAT32, DType, dtype_from_name, dtype_name
 from ..errors import CheckpointError, SpecError, UnsupportedError
+from ..facts import FACTS, Holds, check_carried
 from ..parallel import even_stages
 from ..spec import MLP, Attention, Embeddings, ModelSpec, Norms, Positions, uniform_window
 

@@ -15,11 +15,10 @@ import math
 from pathlib import Path
 
 from .. import families, record
-from ..facts import Holds, check_carried, rope_types
-from ..families.base import rope_from_hf
-from ..spec import MLP, ROPE_TYPES, Attention, Embeddings, ModelSpec, Norms, Positions
 from ..dtypes import dtype_from_name, dtype_name
 from ..errors import CheckpointError, SpecError, UnsupportedError
+from ..facts import Holds, check_carried, rope_types
+from ..families.base import ConfigFields, refuse_unknown_keys, rope_from_hf
 from ..io import safetensors as st
 from ..ops import Deinterleave, Each, Resize, Unrepeat
 from ..parallel import (
@@ -31,6 +30,7 @@ from ..parallel import (
 )
 from ..plan import CopiedFile, JsonFile, Plan, PlannedTensor, SafetensorsFile
 from ..rules import COLUMN, ROW, Geometry, Rule, bind, read_canonical, write_stored
+from ..spec import MLP, ROPE_TYPES, Attention, Embeddings, ModelSpec, Norms, Positions
 from . import register
 from .base import Format, Model, ReadOptions, WriteOptions, cast_float, output_dtype
 from .hf import find_aux_files, read_json
@@ -116,7 +116,7 @@ def with_record(spec, path: Path):
     family, _facts, metadata = record.parse(read_json(path), str(path))
     if family != spec.family:
         return spec  # the config was rewritten for another family since: the record describes something else
-    return ModelSpec(**{**{k: getattr(spec, k) for k in spec.__dataclass_fields__}, "extra": {**metadata, **spec.extra}})
+    return spec.replace(extra={**metadata, **spec.extra})
 
 
 def check_split(spec, tp: int, pp: int) -> None:
@@ -271,8 +271,6 @@ def trtllm_architecture(spec, family) -> str:
 
 
 def spec_from_config(cfg: dict, where: str):
-    from ..families.base import ConfigFields, refuse_unknown_keys
-
     f = ConfigFields(cfg, where)
     arch = f.get("architecture", kind=str)
     family = families.by_trtllm_architecture(arch, where)
